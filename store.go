@@ -1,0 +1,99 @@
+package idem
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// State is the life-cycle state of a stored record.
+type State uint8
+
+const (
+	// StateInProgress marks a key whose work is running. The record carries
+	// the owner's token and expires when its lease runs out.
+	StateInProgress State = 1
+	// StateCompleted marks a key whose work has finished. The record carries
+	// the encoded result and expires when its retention TTL runs out.
+	StateCompleted State = 2
+)
+
+// String returns "in_progress", "completed" or "unknown".
+func (s State) String() string {
+	switch s {
+	case StateInProgress:
+		return "in_progress"
+	case StateCompleted:
+		return "completed"
+	}
+	return "unknown"
+}
+
+// Record is what a Store returns for a key that is already taken.
+//
+// Stores return records by value; the Result slice belongs to the store and
+// must be treated as read-only.
+type Record struct {
+	// State is StateInProgress or StateCompleted.
+	State State
+	// Fingerprint is the fingerprint given to the Claim that created the
+	// record. Callers compare it with the fingerprint of a new request to
+	// tell a retry from a reuse of the key for a different payload.
+	Fingerprint string
+	// Token is the owner token given to that Claim. Stores may leave it
+	// empty for completed records.
+	Token string
+	// LeaseLeft is the time left on the owner's lease of an in-progress
+	// record, as the store sees it. Zero for completed records.
+	LeaseLeft time.Duration
+	// Result is the stored result of a completed record (for the middleware,
+	// an encoded Response; see EncodeResponse). Nil for in-progress records.
+	Result []byte
+}
+
+// Store keeps idempotency records. Every method is one atomic operation on
+// one key; implementations must be safe for concurrent use by many goroutines
+// and, for shared stores, by many processes.
+//
+// A record that has expired (its lease for an in-progress record, its
+// retention TTL for a completed one) counts as absent for every method, no
+// matter when the store physically removes it.
+//
+// Errors other than ErrLockLost mean the store could not answer (it is down,
+// timed out, or returned something it could not read); callers treat them as
+// "unknown" and never as "absent". Implementations wrap backend errors with
+// their package name and %w.
+type Store interface {
+	// Claim atomically takes key for the caller: if no live record exists,
+	// it stores a new in-progress record holding token and fingerprint whose
+	// lease ends after lease, and returns (nil, nil). If a live record
+	// exists, it leaves it untouched and returns a copy of it. No other
+	// outcome is possible: two concurrent Claims of one key never both
+	// return nil.
+	Claim(ctx context.Context, key, token, fingerprint string, lease time.Duration) (*Record, error)
+
+	// Complete turns the in-progress record of key owned by token into a
+	// completed record holding result, kept for ttl from now. The store may
+	// keep the result slice; the caller must not modify it afterwards. If the
+	// record is absent, expired, completed, or owned by another token,
+	// Complete changes nothing and returns ErrLockLost.
+	Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error
+
+	// Release deletes the in-progress record of key owned by token, so that
+	// the key can be claimed again at once. If the record is absent,
+	// expired, completed, or owned by another token, Release changes nothing
+	// and returns ErrLockLost.
+	Release(ctx context.Context, key, token string) error
+
+	// Renew extends the lease of the in-progress record of key owned by
+	// token to end after lease from now. If the record is absent, expired,
+	// completed, or owned by another token, Renew changes nothing and
+	// returns ErrLockLost.
+	Renew(ctx context.Context, key, token string, lease time.Duration) error
+}
+
+// ErrLockLost is returned by Complete, Release and Renew when the caller no
+// longer owns the key: its lease expired, or another owner has claimed it
+// since. A stale owner can therefore never overwrite or delete a newer
+// owner's record.
+var ErrLockLost = errors.New("idem: lock lost")
