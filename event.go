@@ -1,0 +1,176 @@
+package idem
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+)
+
+// Outcome is what happened to one request (or one call of Do).
+type Outcome uint8
+
+const (
+	// OutcomeExecuted: the key was claimed and the handler ran. Event.Stored
+	// tells whether its response was kept for replay.
+	OutcomeExecuted Outcome = iota + 1
+	// OutcomeReplayed: the key was completed; the stored response was sent
+	// again and the handler did not run.
+	OutcomeReplayed
+	// OutcomeNotReplayable: the key was completed, but its response was
+	// streamed or too large to keep; the duplicate got a 409 problem.
+	OutcomeNotReplayable
+	// OutcomeConflict: the key is in flight; the duplicate got a 409
+	// problem with Retry-After.
+	OutcomeConflict
+	// OutcomeMismatch: the key was used for a different request; 422.
+	OutcomeMismatch
+	// OutcomeRejected: the request was refused before any store call: a
+	// malformed or missing required key (400), or a body over the limit
+	// (413).
+	OutcomeRejected
+	// OutcomeStoreError: the store failed or timed out. Event.Err holds its
+	// error. The client got a 503 problem, or, with WithFailOpen, an
+	// unprotected run of the handler.
+	OutcomeStoreError
+	// OutcomeLockLost: the handler ran but its lease was lost (it expired or
+	// was taken over) before the response could be recorded; the client got
+	// a 503 problem.
+	OutcomeLockLost
+)
+
+var outcomeNames = [...]string{
+	OutcomeExecuted:      "executed",
+	OutcomeReplayed:      "replayed",
+	OutcomeNotReplayable: "not_replayable",
+	OutcomeConflict:      "conflict",
+	OutcomeMismatch:      "mismatch",
+	OutcomeRejected:      "rejected",
+	OutcomeStoreError:    "store_error",
+	OutcomeLockLost:      "lock_lost",
+}
+
+// String returns the outcome's snake_case name, as logged.
+func (o Outcome) String() string {
+	if int(o) < len(outcomeNames) && outcomeNames[o] != "" {
+		return outcomeNames[o]
+	}
+	return "unknown"
+}
+
+// Event reports one outcome to the hook set with WithHook.
+type Event struct {
+	Outcome Outcome
+	// Key is the client's idempotency key (empty when it was missing or
+	// malformed).
+	Key string
+	// Scope is the scope the key was stored under.
+	Scope string
+	// Status is the status code sent to the client; 0 when the middleware
+	// sent nothing itself (fail-open runs, and Do).
+	Status int
+	// Stored reports, for OutcomeExecuted, whether the response was kept
+	// for replay.
+	Stored bool
+	// Err is the store's error for OutcomeStoreError and OutcomeLockLost.
+	// It is never sent to the client.
+	Err error
+	// Request is the request, or nil for Do.
+	Request *http.Request
+}
+
+func (c *config) report(ev Event) {
+	if c.hook != nil {
+		c.hook(ev)
+	}
+	if c.logger == nil {
+		return
+	}
+	level := slog.LevelDebug
+	switch ev.Outcome {
+	case OutcomeConflict, OutcomeMismatch, OutcomeRejected, OutcomeNotReplayable:
+		level = slog.LevelInfo
+	case OutcomeStoreError, OutcomeLockLost:
+		level = slog.LevelError
+	}
+	ctx := context.Background()
+	if ev.Request != nil {
+		ctx = ev.Request.Context()
+	}
+	if !c.logger.Enabled(ctx, level) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("outcome", ev.Outcome.String()),
+		slog.String("key", ev.Key),
+	}
+	if ev.Scope != "" {
+		attrs = append(attrs, slog.String("scope", ev.Scope))
+	}
+	if ev.Status != 0 {
+		attrs = append(attrs, slog.Int("status", ev.Status))
+	}
+	if ev.Outcome == OutcomeExecuted {
+		attrs = append(attrs, slog.Bool("stored", ev.Stored))
+	}
+	if ev.Err != nil {
+		attrs = append(attrs, slog.String("error", ev.Err.Error()))
+	}
+	if ev.Request != nil {
+		attrs = append(attrs, slog.String("method", ev.Request.Method), slog.String("path", ev.Request.URL.Path))
+	}
+	c.logger.LogAttrs(ctx, level, "idempotency", attrs...)
+}
+
+// requestInfo is what the middleware tells the handler through the
+// request's context.
+type requestInfo struct {
+	key       string
+	scope     string
+	committed atomic.Bool
+}
+
+type infoKey struct{}
+
+func withInfo(ctx context.Context, info *requestInfo) context.Context {
+	return context.WithValue(ctx, infoKey{}, info)
+}
+
+func infoFrom(ctx context.Context) *requestInfo {
+	info, _ := ctx.Value(infoKey{}).(*requestInfo)
+	return info
+}
+
+// KeyFromContext returns the idempotency key of the request (or Do call)
+// that ctx belongs to, as the client sent it, without the scope. A handler
+// can pass it on, for example as the idempotency key of a downstream
+// provider. ok is false outside the middleware or Do.
+func KeyFromContext(ctx context.Context) (key string, ok bool) {
+	if info := infoFrom(ctx); info != nil {
+		return info.key, true
+	}
+	return "", false
+}
+
+// ScopeFromContext returns the scope the key of ctx's request is stored
+// under, or "" outside the middleware.
+func ScopeFromContext(ctx context.Context) string {
+	if info := infoFrom(ctx); info != nil {
+		return info.scope
+	}
+	return ""
+}
+
+// MarkCommitted tells the middleware that the side effects of ctx's request
+// have happened, so that its response is stored and replayed whatever its
+// status, even a 5xx that the response policy would not keep. A handler calls
+// it once the charge, write or message it stands for cannot be undone. It
+// reports false when ctx does not belong to a request under the
+// middleware.
+func MarkCommitted(ctx context.Context) bool {
+	if info := infoFrom(ctx); info != nil {
+		info.committed.Store(true)
+		return true
+	}
+	return false
+}

@@ -1,0 +1,286 @@
+package idem
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Errors returned by Do.
+var (
+	// ErrInProgress: another caller holds the key and is still running. The
+	// error returned is an *InProgressError, which tells how long its lease
+	// has left.
+	ErrInProgress = errors.New("idem: key in progress")
+	// ErrFingerprintMismatch: the key was already used with another
+	// fingerprint.
+	ErrFingerprintMismatch = errors.New("idem: key reused with a different fingerprint")
+	// ErrStoreUnavailable wraps every error of the store met while claiming
+	// a key or recording a result.
+	ErrStoreUnavailable = errors.New("idem: store unavailable")
+)
+
+// InProgressError is returned by Do when the key is held by another running
+// caller. errors.Is(err, ErrInProgress) holds for it.
+type InProgressError struct {
+	// RetryAfter is the time left on the holder's lease: after it the key
+	// is either completed or free again.
+	RetryAfter time.Duration
+}
+
+func (e *InProgressError) Error() string {
+	return "idem: key in progress, lease ends in " + e.RetryAfter.String()
+}
+
+// Is reports whether target is ErrInProgress.
+func (e *InProgressError) Is(target error) bool { return target == ErrInProgress }
+
+// Do runs fn at most once per key among all callers that share store, and
+// returns fn's result to every later caller of the same key while it is
+// kept (WithTTL, default 24h). It is the flow of the HTTP middleware without
+// HTTP, for job workers and queue consumers.
+//
+//   - The first caller claims key, runs fn while renewing its lease
+//     (WithLockTTL), stores the result and returns it.
+//   - A caller that finds the result stored gets it without running fn.
+//   - A caller that finds fn running gets an *InProgressError (or, with
+//     WithWait, waits for the result).
+//   - A caller whose fingerprint differs from the stored one gets
+//     ErrFingerprintMismatch.
+//   - If fn returns an error, nothing is stored, the key is released, and the
+//     error is returned: a later call runs fn again. To keep a failure,
+//     encode it in the result and return a nil error.
+//   - If fn panics, the key is released and the panic goes on.
+//   - Store failures are returned wrapped in ErrStoreUnavailable. If fn ran
+//     but its result could not be stored (the store failed, or the lease was
+//     lost), Do returns fn's result together with the error.
+//
+// If the caller dies while fn runs, its lease expires after the lock TTL and
+// the next caller runs fn again: at-least-once, never concurrently. ctx is
+// passed to fn (with KeyFromContext set); store calls use a copy of ctx
+// that is not cancelled with it, bounded by WithStoreTimeout.
+//
+// Options that concern HTTP only (methods, header, body and response limits,
+// scope, fingerprint, policy, fail-open) are ignored.
+func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx context.Context) ([]byte, error), opts ...Option) ([]byte, error) {
+	cfg, err := build(opts)
+	if err != nil {
+		return nil, err
+	}
+	e := &engine{store: store, cfg: cfg}
+	token, rec, err := e.claim(ctx, key, fingerprint)
+	if err != nil {
+		e.cfg.report(Event{Outcome: OutcomeStoreError, Key: key, Err: err})
+		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	}
+	if rec != nil {
+		switch {
+		case rec.Fingerprint != fingerprint:
+			e.cfg.report(Event{Outcome: OutcomeMismatch, Key: key})
+			return nil, ErrFingerprintMismatch
+		case rec.State == StateInProgress:
+			e.cfg.report(Event{Outcome: OutcomeConflict, Key: key})
+			return nil, &InProgressError{RetryAfter: rec.LeaseLeft}
+		}
+		e.cfg.report(Event{Outcome: OutcomeReplayed, Key: key})
+		return rec.Result, nil
+	}
+	var fnErr error
+	ctx = withInfo(ctx, &requestInfo{key: key})
+	result, stored, err := e.execute(ctx, key, token, func(ctx context.Context) ([]byte, bool) {
+		var res []byte
+		res, fnErr = fn(ctx)
+		return res, fnErr == nil
+	})
+	switch {
+	case errors.Is(err, ErrLockLost):
+		e.cfg.report(Event{Outcome: OutcomeLockLost, Key: key, Err: err})
+		return result, err
+	case err != nil:
+		e.cfg.report(Event{Outcome: OutcomeStoreError, Key: key, Err: err})
+		return result, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	}
+	e.cfg.report(Event{Outcome: OutcomeExecuted, Key: key, Stored: stored})
+	if fnErr != nil {
+		return nil, fnErr
+	}
+	return result, nil
+}
+
+// engine runs the flow shared by Do and the middleware: claim, lease
+// renewal, complete or release.
+type engine struct {
+	store Store
+	cfg   *config
+}
+
+// storeCtx returns the context of one store call: ctx's values without its
+// cancellation, bounded by the store timeout.
+func (e *engine) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), e.cfg.storeTimeout)
+}
+
+// claim claims key with a new token. It returns the token and a nil record
+// when the caller now owns the key, or the existing record. With WithWait, a
+// record in progress under the same fingerprint is polled until it
+// completes, is released (the caller then owns the key), or the wait ends.
+func (e *engine) claim(ctx context.Context, key, fingerprint string) (string, *Record, error) {
+	token := newToken()
+	rec, err := e.claimOnce(ctx, key, token, fingerprint)
+	if e.cfg.wait <= 0 || err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
+		return token, rec, err
+	}
+	deadline := time.Now().Add(e.cfg.wait)
+	interval := 10 * time.Millisecond
+	timer := time.NewTimer(0)
+	<-timer.C
+	defer timer.Stop()
+	for {
+		pause := min(interval, rec.LeaseLeft, time.Until(deadline))
+		if pause <= 0 {
+			return token, rec, nil
+		}
+		timer.Reset(pause)
+		select {
+		case <-ctx.Done():
+			return token, rec, nil
+		case <-timer.C:
+		}
+		rec, err = e.claimOnce(ctx, key, token, fingerprint)
+		if err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
+			return token, rec, err
+		}
+		interval = min(2*interval, 250*time.Millisecond)
+	}
+}
+
+func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) (*Record, error) {
+	sctx, cancel := e.storeCtx(ctx)
+	defer cancel()
+	return e.store.Claim(sctx, key, token, fingerprint, e.cfg.lockTTL)
+}
+
+// execute runs fn as the owner of key, renewing the lease while it runs.
+// fn returns the result and whether to keep it. A kept result is stored
+// (stored is true); otherwise the key is released. If fn panics, the key is
+// released and the panic goes on. The error is ErrLockLost when the lease
+// was lost while fn ran, or the store's error from Complete.
+func (e *engine) execute(ctx context.Context, key, token string, fn func(ctx context.Context) ([]byte, bool)) (result []byte, stored bool, err error) {
+	l := e.startLease(ctx, key, token)
+	returned := false
+	defer func() {
+		if !returned { // fn panicked: free the key, let the panic go on
+			l.stop()
+			e.release(ctx, key, token)
+		}
+	}()
+	result, keep := fn(ctx)
+	returned = true
+	if lost := l.stop(); lost != nil {
+		return result, false, lost
+	}
+	if !keep {
+		if err := e.release(ctx, key, token); err != nil && e.cfg.logger != nil {
+			e.cfg.logger.Warn("idempotency: release failed; the key stays locked until its lease ends", "key", key, "error", err.Error())
+		}
+		return result, false, nil
+	}
+	return result, true, e.complete(ctx, key, token, result)
+}
+
+// complete stores result, trying again twice after a store error: the
+// handler has run, so its response is worth a short wait.
+func (e *engine) complete(ctx context.Context, key, token string, result []byte) error {
+	var err error
+	for attempt, pause := 0, 20*time.Millisecond; attempt < 3; attempt, pause = attempt+1, pause*5 {
+		if attempt > 0 {
+			time.Sleep(pause)
+		}
+		sctx, cancel := e.storeCtx(ctx)
+		err = e.store.Complete(sctx, key, token, result, e.cfg.ttl)
+		cancel()
+		if err == nil || errors.Is(err, ErrLockLost) {
+			return err
+		}
+	}
+	return err
+}
+
+func (e *engine) release(ctx context.Context, key, token string) error {
+	sctx, cancel := e.storeCtx(ctx)
+	defer cancel()
+	return e.store.Release(sctx, key, token)
+}
+
+// lease renews the owner's lock every third of the lock TTL until stopped.
+// It costs a timer and no store call while the work is shorter than that.
+type lease struct {
+	e          *engine
+	ctx        context.Context
+	key, token string
+
+	mu      sync.Mutex
+	timer   *time.Timer
+	stopped bool
+	lost    error
+}
+
+func (e *engine) startLease(ctx context.Context, key, token string) *lease {
+	l := &lease{e: e, ctx: ctx, key: key, token: token}
+	l.mu.Lock()
+	l.timer = time.AfterFunc(e.cfg.renewEvery, l.renew)
+	l.mu.Unlock()
+	return l
+}
+
+func (l *lease) renew() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stopped {
+		return
+	}
+	sctx, cancel := l.e.storeCtx(l.ctx)
+	err := l.e.store.Renew(sctx, l.key, l.token, l.e.cfg.lockTTL)
+	cancel()
+	if errors.Is(err, ErrLockLost) {
+		l.lost = err
+		return
+	}
+	// A failed renewal is tried again at the next tick; the lease has two
+	// more ticks before it ends.
+	l.timer.Reset(l.e.cfg.renewEvery)
+}
+
+// stop ends the renewals, waiting for one in flight, and reports whether
+// the lease was lost.
+func (l *lease) stop() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.stopped = true
+	l.timer.Stop()
+	return l.lost
+}
+
+var (
+	tokenPrefix = func() string {
+		var b [12]byte
+		rand.Read(b[:])
+		return hex.EncodeToString(b[:]) + "-"
+	}()
+	tokenSeq atomic.Uint64
+)
+
+// newToken returns an owner token unique across processes: a random
+// per-process prefix and a counter.
+func newToken() string {
+	var buf [64]byte
+	b := append(buf[:0], tokenPrefix...)
+	b = strconv.AppendUint(b, tokenSeq.Add(1), 36)
+	return string(b)
+}

@@ -1,0 +1,238 @@
+package idem
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+)
+
+// Middleware protects handlers with idempotency keys. Build it with
+// NewMiddleware (or New) and wrap handlers with Handler. One Middleware
+// holds one set of settings; build one per route to give routes different
+// settings over one store.
+type Middleware struct {
+	e   engine
+	cfg *config
+}
+
+// New returns middleware that protects the handlers it wraps with
+// idempotency keys kept in store. It has the func(http.Handler)
+// http.Handler shape of net/http, chi (r.Use, r.With) and gorilla/mux
+// (r.Use). It panics if an option is invalid, as a configuration error
+// should stop a program at start-up; NewMiddleware returns the error
+// instead.
+func New(store Store, opts ...Option) func(http.Handler) http.Handler {
+	m, err := NewMiddleware(store, opts...)
+	if err != nil {
+		panic(err)
+	}
+	return m.Handler
+}
+
+// NewMiddleware returns a Middleware over store, or an error naming every
+// invalid option.
+func NewMiddleware(store Store, opts ...Option) (*Middleware, error) {
+	if store == nil {
+		return nil, errors.New("idem: nil Store")
+	}
+	cfg, err := build(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Middleware{e: engine{store: store, cfg: cfg}, cfg: cfg}, nil
+}
+
+// Handler wraps next. Requests whose method is protected (WithMethods) and
+// that carry a key run next at most once per key and scope; every other
+// request goes straight to next.
+func (m *Middleware) Handler(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m.serve(w, r, next)
+	})
+}
+
+func (m *Middleware) protects(method string) bool {
+	for _, p := range m.cfg.methods {
+		if p == method {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	cfg := m.cfg
+	if !m.protects(r.Method) {
+		next.ServeHTTP(w, r)
+		return
+	}
+	key, err := parseKey(r.Header.Values(cfg.header), cfg.maxKeyLen)
+	if err != nil {
+		if err == errKeyMissing && !cfg.requireKey {
+			next.ServeHTTP(w, r)
+			return
+		}
+		m.answer(w, probKey(err), 0, Event{Outcome: OutcomeRejected, Request: r})
+		return
+	}
+	var scope string
+	if cfg.scope != nil {
+		scope = cfg.scope(r)
+	}
+	ev := Event{Key: key, Scope: scope, Request: r}
+
+	body, buf, ok := m.readBody(w, r, ev)
+	if !ok {
+		return
+	}
+	defer freeBody(buf)
+	fp := cfg.fingerprint(r, body)
+	skey := scopedKey(scope, key)
+
+	token, rec, err := m.e.claim(r.Context(), skey, fp)
+	if err != nil {
+		ev.Outcome, ev.Err = OutcomeStoreError, err
+		if cfg.failOpen {
+			cfg.report(ev)
+			r.Body = &bodyReader{Reader: bytes.NewReader(body)}
+			next.ServeHTTP(w, r)
+			return
+		}
+		m.answer(w, probStoreUnavailable, cfg.storeRetryAfter, ev)
+		return
+	}
+	if rec != nil {
+		m.answerExisting(w, rec, fp, ev)
+		return
+	}
+	m.run(w, r, next, body, skey, token, ev)
+}
+
+// run executes next as the owner of the key, records its response, then
+// sends it.
+func (m *Middleware) run(w http.ResponseWriter, r *http.Request, next http.Handler, body []byte, skey, token string, ev Event) {
+	cfg := m.cfg
+	info := &requestInfo{key: ev.Key, scope: ev.Scope}
+	r2 := r.WithContext(withInfo(r.Context(), info))
+	r2.Body = &bodyReader{Reader: bytes.NewReader(body)}
+	c := newCapture(w, cfg.maxResponse)
+	defer c.free()
+
+	_, stored, err := m.e.execute(r.Context(), skey, token, func(context.Context) ([]byte, bool) {
+		next.ServeHTTP(c, r2)
+		c.finish()
+		if !cfg.keep(c.status) && !info.committed.Load() {
+			return nil, false
+		}
+		return c.record(), true
+	})
+	ev.Stored = stored
+	switch {
+	case err == nil:
+		ev.Outcome = OutcomeExecuted
+	case errors.Is(err, ErrLockLost):
+		ev.Outcome, ev.Err = OutcomeLockLost, err
+	default:
+		ev.Outcome, ev.Err = OutcomeStoreError, err
+	}
+	if c.streaming {
+		// Already sent; nothing more can be said to the client.
+		ev.Status = c.status
+		cfg.report(ev)
+		return
+	}
+	if err != nil {
+		// The handler ran but its response is not recorded: sending it would
+		// give the client an answer that a retry cannot get again. The key
+		// stays locked until its lease ends.
+		m.answer(w, probNotRecorded, cfg.lockRetryAfter, ev)
+		return
+	}
+	ev.Status = c.status
+	cfg.report(ev)
+	writeResponse(w, c.header, c.status, c.buf.Bytes(), false)
+}
+
+// answerExisting answers a request whose key is already taken.
+func (m *Middleware) answerExisting(w http.ResponseWriter, rec *Record, fp string, ev Event) {
+	switch {
+	case rec.Fingerprint != fp:
+		ev.Outcome = OutcomeMismatch
+		m.answer(w, probKeyReused, 0, ev)
+	case rec.State == StateInProgress:
+		ev.Outcome = OutcomeConflict
+		m.answer(w, probKeyInUse, ceilSeconds(rec.LeaseLeft), ev)
+	default:
+		resp, err := DecodeResponse(rec.Result)
+		if err != nil {
+			ev.Outcome, ev.Err = OutcomeStoreError, err
+			m.answer(w, probStoreUnavailable, m.cfg.storeRetryAfter, ev)
+			return
+		}
+		if resp.BodyOmitted {
+			ev.Outcome = OutcomeNotReplayable
+			m.answer(w, probNotReplayable(resp.Status), 0, ev)
+			return
+		}
+		ev.Outcome, ev.Status = OutcomeReplayed, resp.Status
+		m.cfg.report(ev)
+		writeResponse(w, resp.Header, resp.Status, resp.Body, true)
+	}
+}
+
+// answer reports ev and sends the problem p.
+func (m *Middleware) answer(w http.ResponseWriter, p rendered, retryAfter int, ev Event) {
+	ev.Status = p.status
+	m.cfg.report(ev)
+	writeProblem(w, p, retryAfter)
+}
+
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// readBody reads the whole body of r, up to the limit. On failure it has
+// answered the request and returns false.
+func (m *Middleware) readBody(w http.ResponseWriter, r *http.Request, ev Event) ([]byte, *bytes.Buffer, bool) {
+	limit := m.cfg.maxBody
+	if r.ContentLength > limit {
+		ev.Outcome = OutcomeRejected
+		m.answer(w, probBodyTooLarge(limit), 0, ev)
+		return nil, nil, false
+	}
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil, true
+	}
+	buf := bodyPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	_, err := buf.ReadFrom(&io.LimitedReader{R: r.Body, N: limit + 1})
+	switch {
+	case int64(buf.Len()) > limit:
+		freeBody(buf)
+		ev.Outcome = OutcomeRejected
+		m.answer(w, probBodyTooLarge(limit), 0, ev)
+		return nil, nil, false
+	case err != nil:
+		freeBody(buf)
+		ev.Outcome = OutcomeRejected
+		m.answer(w, probBodyUnreadable, 0, ev)
+		return nil, nil, false
+	}
+	return buf.Bytes(), buf, true
+}
+
+func freeBody(buf *bytes.Buffer) {
+	if buf != nil && buf.Cap() <= 256<<10 {
+		bodyPool.Put(buf)
+	}
+}
+
+// bodyReader hands the handler the body the middleware read, so that it
+// reads the same bytes it would have read without the middleware.
+type bodyReader struct{ *bytes.Reader }
+
+func (*bodyReader) Close() error { return nil }

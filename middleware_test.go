@@ -1,0 +1,941 @@
+package idem_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/memstore"
+)
+
+// SPEC 1.2: POST and PATCH are protected by default; other methods pass
+// straight through, untouched, with no store call.
+func TestRule1_2_DefaultMethods(t *testing.T) {
+	for _, method := range []string{"GET", "HEAD", "PUT", "DELETE", "OPTIONS"} {
+		st, _ := newCountingStore(t)
+		h := &payments{}
+		mw := idem.New(st)(h)
+		for i := 0; i < 2; i++ {
+			do(mw, method, "/payments", "k1", "{}")
+		}
+		if h.runs.Load() != 2 || st.calls() != 0 {
+			t.Errorf("%s: handler ran %d times with %d store calls, want 2 and 0", method, h.runs.Load(), st.calls())
+		}
+	}
+	for _, method := range []string{"POST", "PATCH"} {
+		st, _ := newCountingStore(t)
+		h := &payments{}
+		mw := idem.New(st)(h)
+		for i := 0; i < 2; i++ {
+			do(mw, method, "/payments", "k1", "{}")
+		}
+		if h.runs.Load() != 1 {
+			t.Errorf("%s: handler ran %d times for one key, want 1", method, h.runs.Load())
+		}
+	}
+}
+
+// SPEC 1.2: the set of methods is configurable.
+func TestRule1_2_ConfiguredMethods(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	mw := idem.New(st, idem.WithMethods("PUT"))(h)
+	do(mw, "PUT", "/x", "k", "a")
+	do(mw, "PUT", "/x", "k", "a")
+	do(mw, "POST", "/x", "k", "a")
+	if got := h.runs.Load(); got != 2 {
+		t.Fatalf("handler ran %d times, want 2 (PUT once, POST unprotected once)", got)
+	}
+}
+
+// SPEC 1.2: a passed-through request reaches the handler untouched.
+func TestRule1_2_PassThroughUntouched(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var gotBody io.ReadCloser
+	var gotW http.ResponseWriter
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { gotBody, gotW = r.Body, w })
+	mw := idem.New(st)(inner)
+	r := httptest.NewRequest("GET", "/", strings.NewReader("x"))
+	r.Header.Set("Idempotency-Key", "k")
+	w := httptest.NewRecorder()
+	body := r.Body
+	mw.ServeHTTP(w, r)
+	if gotBody != body || gotW != w {
+		t.Fatal("GET request or writer was replaced on its way to the handler")
+	}
+}
+
+// SPEC 1.3: each middleware carries its own settings over one store.
+func TestRule1_3_PerRouteSettings(t *testing.T) {
+	clock := newFakeClock()
+	st, _ := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
+	h := &payments{}
+	short := idem.New(st, idem.WithTTL(time.Minute))(h)
+	long := idem.New(st, idem.WithTTL(time.Hour), idem.WithLockTTL(2*time.Minute))(h)
+	do(short, "POST", "/short", "a", "")
+	do(long, "POST", "/long", "b", "")
+	clock.Advance(2 * time.Minute)
+	do(short, "POST", "/short", "a", "")
+	do(long, "POST", "/long", "b", "")
+	if got := h.runs.Load(); got != 3 {
+		t.Fatalf("runs = %d, want 3: the 1-minute record expired, the 1-hour one did not", got)
+	}
+	// The lock TTL is per route too: it shows in Retry-After.
+	block := make(chan struct{})
+	started := make(chan struct{})
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { close(started); <-block })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		do(idem.New(st, idem.WithLockTTL(2*time.Minute))(slow), "POST", "/slow", "c", "")
+	}()
+	<-started
+	w := do(idem.New(st)(slow), "POST", "/slow", "c", "")
+	close(block)
+	<-done
+	wantProblem(t, w, 409, "key-in-use")
+	if ra := w.Header().Get("Retry-After"); ra != "120" {
+		t.Fatalf("Retry-After = %q, want 120 (the 2-minute lock of the first route)", ra)
+	}
+}
+
+// SPEC 2.1: the header name is configurable.
+func TestRule2_1_HeaderName(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	mw := idem.New(st, idem.WithHeader("x-request-key"))(h)
+	for i := 0; i < 2; i++ {
+		do(mw, "POST", "/", "", "", "X-Request-Key", "abc")
+	}
+	do(mw, "POST", "/", "abc", "") // Idempotency-Key is not the header here
+	if got := h.runs.Load(); got != 2 {
+		t.Fatalf("runs = %d, want 2", got)
+	}
+}
+
+// SPEC 2.2: the bare form and the sf-string form name the same key.
+func TestRule2_2_BareAndQuotedKeys(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	mw := idem.New(st)(h)
+	first := do(mw, "POST", "/", "abc-123", "x")
+	second := do(mw, "POST", "/", `"abc-123"`, "x")
+	third := do(mw, "POST", "/", `"a\"b\\c"`, "x")
+	fourth := do(mw, "POST", "/", `a"b\c`, "x")
+	if h.runs.Load() != 2 {
+		t.Fatalf("runs = %d, want 2", h.runs.Load())
+	}
+	if second.Header().Get("Idempotent-Replayed") != "true" || second.Body.String() != first.Body.String() {
+		t.Fatalf("quoted key did not replay the bare key's response: %d %s", second.Code, second.Body)
+	}
+	if fourth.Header().Get("Idempotent-Replayed") != "true" || fourth.Body.String() != third.Body.String() {
+		t.Fatalf("escaped sf-string did not name the same key as its bare form: %d %s", fourth.Code, fourth.Body)
+	}
+}
+
+// SPEC 2.3: a missing key passes through by default, 400 when required.
+func TestRule2_3_MissingKey(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	do(idem.New(st)(h), "POST", "/", "", "x")
+	do(idem.New(st)(h), "POST", "/", "", "x")
+	if h.runs.Load() != 2 || st.calls() != 0 {
+		t.Fatalf("without a key: runs %d, store calls %d; want 2 and 0", h.runs.Load(), st.calls())
+	}
+	var ev events
+	w := do(idem.New(st, idem.WithRequiredKey(), idem.WithHook(ev.hook))(h), "POST", "/", "", "x")
+	wantProblem(t, w, 400, "key-missing")
+	if h.runs.Load() != 2 || st.calls() != 0 {
+		t.Fatal("required key missing: handler ran or store was called")
+	}
+	if ev.last().Outcome != idem.OutcomeRejected {
+		t.Fatalf("hook saw %v, want rejected", ev.last().Outcome)
+	}
+}
+
+// SPEC 2.4: malformed keys are answered 400 with no handler run and no
+// store call; two lines with the same value name one key.
+func TestRule2_4_MalformedKeys(t *testing.T) {
+	long := strings.Repeat("k", 256)
+	cases := []struct {
+		name   string
+		values []string
+	}{
+		{"empty", []string{""}},
+		{"blank", []string{"   "}},
+		{"empty sf-string", []string{`""`}},
+		{"too long", []string{long}},
+		{"too long quoted", []string{`"` + long + `"`}},
+		{"space inside", []string{"a b"}},
+		{"space inside quoted", []string{`"a b"`}},
+		{"control character", []string{"a\x01b"}},
+		{"non-ASCII", []string{"clé"}},
+		{"unterminated sf-string", []string{`"abc`}},
+		{"data after sf-string", []string{`"abc"x`}},
+		{"sf-string parameters", []string{`"abc";v=1`}},
+		{"bad escape", []string{`"a\x"`}},
+		{"merged list bare", []string{"a,b"}},
+		{"merged list quoted", []string{`"a", "b"`}},
+		{"two different lines", []string{"a", "b"}},
+		{"one good one bad line", []string{"a", ""}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st, _ := newCountingStore(t)
+			h := &payments{}
+			mw := idem.New(st)(h)
+			r := httptest.NewRequest("POST", "/", strings.NewReader("x"))
+			r.Header["Idempotency-Key"] = tc.values
+			w := httptest.NewRecorder()
+			mw.ServeHTTP(w, r)
+			wantProblem(t, w, 400, "key-invalid")
+			if h.runs.Load() != 0 || st.calls() != 0 {
+				t.Fatalf("handler ran %d times, %d store calls; want none", h.runs.Load(), st.calls())
+			}
+		})
+	}
+	t.Run("limits and equal lines", func(t *testing.T) {
+		st, _ := newCountingStore(t)
+		h := &payments{}
+		mw := idem.New(st)(h)
+		ok := []string{strings.Repeat("k", 255), `"` + strings.Repeat("q", 255) + `"`, "~!#$%&'()*+-./:;<=>?@[]^_`{|}"}
+		for _, k := range ok {
+			if w := do(mw, "POST", "/", k, "x"); w.Code != 201 {
+				t.Fatalf("key %q: status %d, want 201: %s", k, w.Code, w.Body)
+			}
+		}
+		r := httptest.NewRequest("POST", "/", strings.NewReader("x"))
+		r.Header["Idempotency-Key"] = []string{"same", `"same"`}
+		w := httptest.NewRecorder()
+		mw.ServeHTTP(w, r)
+		if w.Code != 201 {
+			t.Fatalf("two lines with the same key: %d %s", w.Code, w.Body)
+		}
+		if w := do(mw, "POST", "/", "same", "x"); w.Header().Get("Idempotent-Replayed") != "true" {
+			t.Fatal("two equal lines did not name the key 'same'")
+		}
+		short := idem.New(st, idem.WithMaxKeyLength(4))(h)
+		if w := do(short, "POST", "/", `"abcd"`, "x"); w.Code != 201 {
+			t.Fatalf("4-character quoted key with limit 4: %d", w.Code)
+		}
+		wantProblem(t, do(short, "POST", "/", "abcde", "x"), 400, "key-invalid")
+	})
+}
+
+// SPEC 2.5: the scope is part of the stored key.
+func TestRule2_5_Scope(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	mw := idem.New(st, idem.WithScope(func(r *http.Request) string { return r.Header.Get("Account") }))(h)
+	a1 := do(mw, "POST", "/", "k", "x", "Account", "acct_a")
+	b1 := do(mw, "POST", "/", "k", "x", "Account", "acct_b")
+	a2 := do(mw, "POST", "/", "k", "x", "Account", "acct_a")
+	if h.runs.Load() != 2 || b1.Body.String() == a1.Body.String() {
+		t.Fatalf("two scopes with one key: runs %d, want 2 separate executions", h.runs.Load())
+	}
+	if a2.Body.String() != a1.Body.String() || a2.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatal("same scope and key did not replay")
+	}
+	// A separator inside scope or key cannot make two pairs meet.
+	do(mw, "POST", "/", "b|c", "x", "Account", "a")
+	do(mw, "POST", "/", "c", "x", "Account", "a|b")
+	do(mw, "POST", "/", "25|c", "x", "Account", "a%")
+	if h.runs.Load() != 5 {
+		t.Fatalf("runs = %d, want 5: (a, b|c), (a|b, c) and (a%%, 25|c) are different keys", h.runs.Load())
+	}
+}
+
+// SPEC 3.1: the fingerprint covers method, path, query and body; a
+// different one is a 422.
+func TestRule3_1_FingerprintCoverage(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	mw := idem.New(st, idem.WithMethods("POST", "PATCH"))(h)
+	if w := do(mw, "POST", "/payments?x=1", "k", `{"amount":1}`); w.Code != 201 {
+		t.Fatal(w.Code)
+	}
+	for _, tc := range []struct{ method, target, body string }{
+		{"POST", "/payments?x=1", `{"amount":2}`},
+		{"POST", "/payments?x=2", `{"amount":1}`},
+		{"POST", "/refunds?x=1", `{"amount":1}`},
+		{"PATCH", "/payments?x=1", `{"amount":1}`},
+		{"POST", "/payments?x=1", `{"amount":1} `},
+	} {
+		wantProblem(t, do(mw, tc.method, tc.target, "k", tc.body), 422, "key-reused")
+	}
+	if h.runs.Load() != 1 {
+		t.Fatalf("runs = %d, want 1", h.runs.Load())
+	}
+}
+
+// SPEC 3.1: chosen headers count; the function is replaceable, e.g. by
+// canonical JSON.
+func TestRule3_1_FingerprintOptions(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	withHdr := idem.New(st, idem.WithFingerprint(idem.FingerprintHeaders("api-version")))(h)
+	do(withHdr, "POST", "/", "h", "x", "Api-Version", "1")
+	wantProblem(t, do(withHdr, "POST", "/", "h", "x", "Api-Version", "2"), 422, "key-reused")
+	wantProblem(t, do(withHdr, "POST", "/", "h", "x"), 422, "key-reused")
+
+	canon := idem.New(st, idem.WithFingerprint(idem.CanonicalJSON()))(h)
+	do(canon, "POST", "/", "c", `{"amount": 1, "currency": "eur", "meta": {"b": [1, 2], "a": null}}`)
+	w := do(canon, "POST", "/", "c", `{"currency":"eur","meta":{"a":null,"b":[1,2]},"amount":1}`)
+	if w.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("re-encoded JSON was not a retry: %d %s", w.Code, w.Body)
+	}
+	wantProblem(t, do(canon, "POST", "/", "c", `{"amount":1,"currency":"eur","meta":{"a":null,"b":[2,1]}}`), 422, "key-reused")
+
+	custom := idem.New(st, idem.WithFingerprint(func(r *http.Request, body []byte) string { return "same" }))(h)
+	do(custom, "POST", "/a", "u", "1")
+	if w := do(custom, "POST", "/b", "u", "2"); w.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatal("custom fingerprint function was not used")
+	}
+}
+
+// SPEC 3.2: the body is bounded (413, handler not run) and the handler
+// reads the same bytes.
+func TestRule3_2_BodyLimit(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var got []byte
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, _ = io.ReadAll(r.Body)
+		w.WriteHeader(201)
+	})
+	mw := idem.New(st, idem.WithMaxBodySize(1000))(h)
+	body := bytes.Repeat([]byte{0, 1, 2, 0xff}, 250)
+	r := httptest.NewRequest("POST", "/", bytes.NewReader(body))
+	r.Header.Set("Idempotency-Key", "fits")
+	w := httptest.NewRecorder()
+	mw.ServeHTTP(w, r)
+	if w.Code != 201 || !bytes.Equal(got, body) {
+		t.Fatalf("status %d; handler read %d bytes, want the 1000 sent", w.Code, len(got))
+	}
+	got = nil
+	for _, chunked := range []bool{false, true} {
+		r := httptest.NewRequest("POST", "/", bytes.NewReader(append(body, 'x')))
+		if chunked {
+			r.ContentLength = -1
+			r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), strings.NewReader("x")))
+		}
+		r.Header.Set("Idempotency-Key", "big")
+		w := httptest.NewRecorder()
+		mw.ServeHTTP(w, r)
+		wantProblem(t, w, 413, "body-too-large")
+		if got != nil {
+			t.Fatal("handler ran for a body over the limit")
+		}
+	}
+	if st.calls() != 1+1 {
+		t.Fatalf("store calls = %d, want 2 (one request claimed and completed; 413s make none)", st.calls())
+	}
+	// The default limit is 1 MiB.
+	def := idem.New(st)(h)
+	wantProblem(t, do(def, "POST", "/", "def", strings.Repeat("a", 1<<20+1)), 413, "body-too-large")
+	if w := do(def, "POST", "/", "def2", strings.Repeat("a", 1<<20)); w.Code != 201 {
+		t.Fatalf("1 MiB body: %d", w.Code)
+	}
+}
+
+// SPEC 4.2: a different fingerprint is a 422 whether the key is in flight
+// or completed.
+func TestRule4_2_MismatchInFlightAndCompleted(t *testing.T) {
+	st, _ := newCountingStore(t)
+	release := make(chan struct{})
+	started := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+		w.WriteHeader(201)
+	})
+	mw := idem.New(st)(h)
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- do(mw, "POST", "/", "k", "first") }()
+	<-started
+	wantProblem(t, do(mw, "POST", "/", "k", "second"), 422, "key-reused")
+	close(release)
+	if w := <-done; w.Code != 201 {
+		t.Fatalf("first request: %d", w.Code)
+	}
+	wantProblem(t, do(mw, "POST", "/", "k", "second"), 422, "key-reused")
+}
+
+// SPEC 4.3: a duplicate of an in-flight request gets 409 with Retry-After
+// (seconds left on the lease, rounded up, at least 1).
+func TestRule4_3_ConflictRetryAfter(t *testing.T) {
+	clock := newFakeClock()
+	st, mem := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
+	h := &payments{}
+	mw := idem.New(st, idem.WithLockTTL(10*time.Second))(h)
+	// An owner elsewhere holds the key with 10s on its lease.
+	if rec, err := mem.Claim(context.Background(), "|k", "other", idem.Fingerprint(httptest.NewRequest("POST", "/", nil), nil), 10*time.Second); err != nil || rec != nil {
+		t.Fatal(rec, err)
+	}
+	for _, tc := range []struct {
+		advance time.Duration
+		want    string
+	}{{0, "10"}, {1500 * time.Millisecond, "9"}, {8200 * time.Millisecond, "1"}, {200 * time.Millisecond, "1"}} {
+		clock.Advance(tc.advance)
+		before := st.calls()
+		w := do(mw, "POST", "/", "k", "")
+		wantProblem(t, w, 409, "key-in-use")
+		if ra := w.Header().Get("Retry-After"); ra != tc.want {
+			t.Fatalf("Retry-After = %q, want %q", ra, tc.want)
+		}
+		if n := st.calls() - before; n != 1 {
+			t.Fatalf("a conflict cost %d store calls, want 1", n)
+		}
+	}
+	if h.runs.Load() != 0 {
+		t.Fatal("handler ran while the key was in flight")
+	}
+}
+
+// SPEC 4.3: the optional wait mode waits for the first request and replays
+// its response, bounded by a timeout.
+func TestRule4_3_WaitMode(t *testing.T) {
+	st, _ := newCountingStore(t)
+	release := make(chan struct{})
+	started := make(chan struct{})
+	var runs int
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		close(started)
+		<-release
+		w.WriteHeader(201)
+		io.WriteString(w, "paid")
+	})
+	mw := idem.New(st, idem.WithWait(5*time.Second))(h)
+	first := make(chan *httptest.ResponseRecorder)
+	go func() { first <- do(mw, "POST", "/", "k", "x") }()
+	<-started
+	second := make(chan *httptest.ResponseRecorder)
+	go func() { second <- do(mw, "POST", "/", "k", "x") }()
+	// Let the duplicate poll at least once before the first one finishes.
+	for st.claims.Load() < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	w1, w2 := <-first, <-second
+	if w1.Code != 201 || w2.Code != 201 || w2.Body.String() != "paid" || w2.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("first %d, waiting duplicate %d %q replayed=%q; want both 201 and a replay", w1.Code, w2.Code, w2.Body, w2.Header().Get("Idempotent-Replayed"))
+	}
+	if runs != 1 {
+		t.Fatalf("runs = %d", runs)
+	}
+	// A wait that runs out ends in the 409.
+	block := make(chan struct{})
+	started2 := make(chan struct{})
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { close(started2); <-block })
+	short := idem.New(st, idem.WithWait(50*time.Millisecond))
+	go func() { do(short(slow), "POST", "/", "k2", "x") }()
+	<-started2
+	wantProblem(t, do(short(slow), "POST", "/", "k2", "x"), 409, "key-in-use")
+	close(block)
+}
+
+// SPEC 4.4: a completed key replays status, headers and body byte for byte,
+// with Idempotent-Replayed: true, without running the handler, in one store
+// call.
+func TestRule4_4_Replay(t *testing.T) {
+	st, _ := newCountingStore(t)
+	body := make([]byte, 300)
+	for i := range body {
+		body[i] = byte(i)
+	}
+	runs := 0
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header()["Set-Cookie"] = []string{"a=1", "b=2"}
+		w.Header().Set("X-Run", strconv.Itoa(runs))
+		w.WriteHeader(202)
+		w.Write(body[:100])
+		w.Write(body[100:])
+	})
+	mw := idem.New(st)(h)
+	first := do(mw, "POST", "/", "k", "")
+	before := st.calls()
+	second := do(mw, "POST", "/", "k", "")
+	if runs != 1 {
+		t.Fatalf("handler ran %d times", runs)
+	}
+	if n := st.calls() - before; n != 1 {
+		t.Fatalf("replay cost %d store calls, want 1", n)
+	}
+	if second.Code != 202 || !bytes.Equal(second.Body.Bytes(), body) || !bytes.Equal(first.Body.Bytes(), body) {
+		t.Fatalf("replay %d with %d bytes; want 202 and the 300 bytes", second.Code, second.Body.Len())
+	}
+	if second.Header().Get("Idempotent-Replayed") != "true" || first.Header().Get("Idempotent-Replayed") != "" {
+		t.Fatal("Idempotent-Replayed must be on the replay only")
+	}
+	second.Header().Del("Idempotent-Replayed")
+	for k, v := range first.Header() {
+		if got := second.Header()[k]; strings.Join(got, "\n") != strings.Join(v, "\n") {
+			t.Errorf("header %s: replay %q, first %q", k, got, v)
+		}
+	}
+	if len(second.Header()) != len(first.Header()) {
+		t.Errorf("replay headers %v, first %v", second.Header(), first.Header())
+	}
+}
+
+// SPEC 4.5: the response is recorded (COMPLETED, retention TTL) before it is
+// sent.
+func TestRule4_5_RecordedBeforeSent(t *testing.T) {
+	st, mem := newCountingStore(t)
+	mw := idem.New(st)(&payments{})
+	w := &checkingWriter{ResponseRecorder: httptest.NewRecorder(), check: func() {
+		rec, err := mem.Claim(context.Background(), "|k", "probe", "x", time.Second)
+		if err != nil || rec == nil || rec.State != idem.StateCompleted {
+			panic("response sent before the record was completed")
+		}
+	}}
+	r := httptest.NewRequest("POST", "/", nil)
+	r.Header.Set("Idempotency-Key", "k")
+	mw.ServeHTTP(w, r)
+	if w.Code != 201 || !w.checked {
+		t.Fatalf("status %d, checked %v", w.Code, w.checked)
+	}
+}
+
+type checkingWriter struct {
+	*httptest.ResponseRecorder
+	check   func()
+	checked bool
+}
+
+func (w *checkingWriter) WriteHeader(code int) {
+	w.check()
+	w.checked = true
+	w.ResponseRecorder.WriteHeader(code)
+}
+
+// SPEC 4.5: the retention TTL is honoured: after it, the key is new again.
+func TestRule4_5_RetentionTTL(t *testing.T) {
+	clock := newFakeClock()
+	st, _ := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
+	h := &payments{}
+	mw := idem.New(st, idem.WithTTL(time.Hour))(h)
+	do(mw, "POST", "/", "k", "")
+	clock.Advance(59 * time.Minute)
+	if w := do(mw, "POST", "/", "k", ""); w.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatal("record gone before its TTL")
+	}
+	clock.Advance(2 * time.Minute)
+	do(mw, "POST", "/", "k", "")
+	if h.runs.Load() != 2 {
+		t.Fatalf("runs = %d, want 2: the record expired after 1h", h.runs.Load())
+	}
+}
+
+// SPEC 4.5 (and the README's decision): when the response cannot be
+// recorded, the client gets a 503 problem, never the unrecorded response.
+func TestRule4_5_CompleteFailsAnswers503(t *testing.T) {
+	st, _ := newCountingStore(t)
+	st.set(func(s *countingStore) { s.completeErr = errors.New("connection reset by peer") })
+	var ev events
+	h := &payments{}
+	w := do(idem.New(st, idem.WithHook(ev.hook), idem.WithLockTTL(20*time.Second))(h), "POST", "/", "k", "")
+	p := wantProblem(t, w, 503, "response-not-recorded")
+	if w.Header().Get("Retry-After") != "20" {
+		t.Fatalf("Retry-After = %q, want the lock TTL, 20", w.Header().Get("Retry-After"))
+	}
+	if strings.Contains(w.Body.String(), "connection reset") || strings.Contains(p.Detail, "reset") {
+		t.Fatal("internal error text sent to the client")
+	}
+	if got := st.completes.Load(); got != 3 {
+		t.Fatalf("Complete tried %d times, want 3", got)
+	}
+	if e := ev.last(); e.Outcome != idem.OutcomeStoreError || e.Err == nil {
+		t.Fatalf("hook saw %+v", e)
+	}
+	// The key stays locked until its lease ends: a retry gets 409, not a
+	// second run.
+	st.set(func(s *countingStore) { s.completeErr = nil })
+	wantProblem(t, do(idem.New(st)(h), "POST", "/", "k", ""), 409, "key-in-use")
+	if h.runs.Load() != 1 {
+		t.Fatal("handler ran twice")
+	}
+}
+
+// SPEC 4.6: the lease is renewed while the handler runs, so a handler
+// slower than the lock TTL keeps its key.
+func TestRule4_6_LeaseRenewal(t *testing.T) {
+	st, _ := newCountingStore(t)
+	release := make(chan struct{})
+	started := make(chan struct{})
+	var runs int
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		close(started)
+		<-release
+		w.WriteHeader(201)
+	})
+	mw := idem.New(st, idem.WithLockTTL(60*time.Millisecond))(h)
+	first := make(chan *httptest.ResponseRecorder)
+	go func() { first <- do(mw, "POST", "/", "k", "") }()
+	<-started
+	// Wait for several lock TTLs' worth of renewals.
+	for st.renews.Load() < 8 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	wantProblem(t, do(mw, "POST", "/", "k", ""), 409, "key-in-use")
+	close(release)
+	if w := <-first; w.Code != 201 {
+		t.Fatalf("slow owner got %d", w.Code)
+	}
+	if runs != 1 {
+		t.Fatalf("runs = %d", runs)
+	}
+}
+
+// SPEC 9 / 4.6: a handler shorter than the renewal interval costs no
+// renewal: a new key costs exactly 2 store calls.
+func TestRule4_6_ShortHandlerNoRenewal(t *testing.T) {
+	st, _ := newCountingStore(t)
+	mw := idem.New(st)(&payments{})
+	do(mw, "POST", "/", "k", "")
+	if st.claims.Load() != 1 || st.completes.Load() != 1 || st.calls() != 2 {
+		t.Fatalf("claims %d completes %d total %d; want 1, 1, 2", st.claims.Load(), st.completes.Load(), st.calls())
+	}
+}
+
+// SPEC 4.6: if the owner dies, its lease expires after the lock TTL and a
+// retry runs the handler again.
+func TestRule4_6_DeadOwnerLeaseExpires(t *testing.T) {
+	clock := newFakeClock()
+	st, mem := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
+	h := &payments{}
+	mw := idem.New(st, idem.WithLockTTL(30*time.Second))(h)
+	fp := idem.Fingerprint(httptest.NewRequest("POST", "/", nil), nil)
+	if _, err := mem.Claim(context.Background(), "|k", "dead-owner", fp, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(29 * time.Second)
+	wantProblem(t, do(mw, "POST", "/", "k", ""), 409, "key-in-use")
+	clock.Advance(2 * time.Second)
+	if w := do(mw, "POST", "/", "k", ""); w.Code != 201 || h.runs.Load() != 1 {
+		t.Fatalf("after the lease: %d, runs %d; want 201 and 1", w.Code, h.runs.Load())
+	}
+	if err := mem.Complete(context.Background(), "|k", "dead-owner", []byte("stale"), time.Hour); !errors.Is(err, idem.ErrLockLost) {
+		t.Fatalf("dead owner's Complete: %v, want ErrLockLost", err)
+	}
+}
+
+// SPEC 4.7: an owner whose lease was lost does not record its response;
+// the client gets a 503 and the hook reports lock lost.
+func TestRule4_7_LockLost(t *testing.T) {
+	st, _ := newCountingStore(t)
+	st.set(func(s *countingStore) { s.renewErr = idem.ErrLockLost })
+	var ev events
+	release := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		w.WriteHeader(201)
+	})
+	mw := idem.New(st, idem.WithLockTTL(30*time.Millisecond), idem.WithHook(ev.hook))(h)
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- do(mw, "POST", "/", "k", "") }()
+	for st.renews.Load() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	w := <-done
+	wantProblem(t, w, 503, "response-not-recorded")
+	if st.completes.Load() != 0 {
+		t.Fatal("an owner that lost its lock called Complete")
+	}
+	if st.renews.Load() != 1 {
+		t.Fatalf("renewals went on after the lock was lost: %d", st.renews.Load())
+	}
+	if e := ev.last(); e.Outcome != idem.OutcomeLockLost {
+		t.Fatalf("hook saw %v, want lock_lost", e.Outcome)
+	}
+}
+
+// SPEC 4.8: by default 2xx-4xx are stored, 5xx are not and the key is
+// released.
+func TestRule4_8_DefaultPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		stored bool
+	}{{200, true}, {201, true}, {302, true}, {400, true}, {404, true}, {409, true}, {500, false}, {502, false}, {503, false}} {
+		st, _ := newCountingStore(t)
+		h := &payments{status: tc.status}
+		mw := idem.New(st)(h)
+		do(mw, "POST", "/", "k", "")
+		w := do(mw, "POST", "/", "k", "")
+		if w.Code != tc.status {
+			t.Fatalf("%d: second answer %d", tc.status, w.Code)
+		}
+		runs := h.runs.Load()
+		if tc.stored && (runs != 1 || w.Header().Get("Idempotent-Replayed") != "true") {
+			t.Errorf("%d: runs %d, want 1 and a replay", tc.status, runs)
+		}
+		if !tc.stored && (runs != 2 || st.releases.Load() != 2) {
+			t.Errorf("%d: runs %d releases %d, want 2 and 2", tc.status, runs, st.releases.Load())
+		}
+	}
+}
+
+// SPEC 4.8: the policy is configurable, and a handler can mark its request
+// committed so that even its 5xx is stored.
+func TestRule4_8_PolicyAndMarkCommitted(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{status: 404}
+	mw := idem.New(st, idem.WithResponsePolicy(func(s int) bool { return s < 400 }))(h)
+	do(mw, "POST", "/", "k", "")
+	do(mw, "POST", "/", "k", "")
+	if h.runs.Load() != 2 {
+		t.Fatalf("404 under a 2xx/3xx-only policy: runs %d, want 2", h.runs.Load())
+	}
+	var runs int
+	committed := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		if !idem.MarkCommitted(r.Context()) {
+			t.Error("MarkCommitted returned false under the middleware")
+		}
+		w.WriteHeader(502)
+		io.WriteString(w, "charged, but the receipt service failed")
+	})
+	mw2 := idem.New(st)(committed)
+	do(mw2, "POST", "/c", "c", "")
+	w := do(mw2, "POST", "/c", "c", "")
+	if runs != 1 || w.Code != 502 || w.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("committed 502: runs %d, replay %d %q", runs, w.Code, w.Header().Get("Idempotent-Replayed"))
+	}
+	if idem.MarkCommitted(context.Background()) {
+		t.Fatal("MarkCommitted outside the middleware returned true")
+	}
+}
+
+// SPEC 4.9: a panic releases the key and goes on.
+func TestRule4_9_PanicReleases(t *testing.T) {
+	st, _ := newCountingStore(t)
+	panics := true
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if panics {
+			panic("boom")
+		}
+		w.WriteHeader(201)
+	})
+	mw := idem.New(st)(h)
+	func() {
+		defer func() {
+			if v := recover(); v != "boom" {
+				t.Fatalf("recovered %v, want the handler's panic", v)
+			}
+		}()
+		do(mw, "POST", "/", "k", "")
+		t.Fatal("panic did not go on")
+	}()
+	if st.releases.Load() != 1 {
+		t.Fatalf("releases = %d, want 1", st.releases.Load())
+	}
+	panics = false
+	if w := do(mw, "POST", "/", "k", ""); w.Code != 201 {
+		t.Fatalf("retry after a panic: %d, want 201", w.Code)
+	}
+}
+
+// SPEC 4.10: a client that disconnects does not stop the record from being
+// written.
+func TestRule4_10_ClientDisconnect(t *testing.T) {
+	st, _ := newCountingStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &payments{}
+	mw := idem.New(st)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		cancel() // the client hangs up while the handler finishes
+	}))
+	r := httptest.NewRequest("POST", "/", nil).WithContext(ctx)
+	r.Header.Set("Idempotency-Key", "k")
+	mw.ServeHTTP(httptest.NewRecorder(), r)
+	if w := do(mw, "POST", "/", "k", ""); w.Header().Get("Idempotent-Replayed") != "true" || h.runs.Load() != 1 {
+		t.Fatalf("retry after a disconnect: %d replayed=%q runs %d", w.Code, w.Header().Get("Idempotent-Replayed"), h.runs.Load())
+	}
+}
+
+// SPEC 4.11: store down or timing out → 503 with Retry-After, handler not
+// run; fail-open runs it.
+func TestRule4_11_StoreFailure(t *testing.T) {
+	st, _ := newCountingStore(t)
+	st.set(func(s *countingStore) { s.claimErr = errors.New("dial tcp 10.0.0.7:6379: connection refused") })
+	h := &payments{}
+	var ev events
+	w := do(idem.New(st, idem.WithHook(ev.hook))(h), "POST", "/", "k", "")
+	wantProblem(t, w, 503, "store-unavailable")
+	if w.Header().Get("Retry-After") == "" || h.runs.Load() != 0 {
+		t.Fatalf("Retry-After %q, runs %d", w.Header().Get("Retry-After"), h.runs.Load())
+	}
+	if strings.Contains(w.Body.String(), "10.0.0.7") {
+		t.Fatal("internal error text sent to the client")
+	}
+	if e := ev.last(); e.Outcome != idem.OutcomeStoreError || e.Err == nil {
+		t.Fatalf("hook saw %+v", e)
+	}
+
+	st.set(func(s *countingStore) { s.claimErr, s.blockClaim = nil, true })
+	start := time.Now()
+	w = do(idem.New(st, idem.WithStoreTimeout(50*time.Millisecond))(h), "POST", "/", "k", "")
+	wantProblem(t, w, 503, "store-unavailable")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("a hanging store held the request %v", d)
+	}
+
+	if w := do(idem.New(st, idem.WithStoreTimeout(10*time.Millisecond), idem.WithFailOpen())(h), "POST", "/", "k", "x"); w.Code != 201 || h.runs.Load() != 1 {
+		t.Fatalf("fail-open: %d, runs %d", w.Code, h.runs.Load())
+	}
+}
+
+// SPEC 4.12: a response over the limit is streamed, never run twice; a
+// duplicate gets a 409 response-not-replayable problem.
+func TestRule4_12_LargeResponse(t *testing.T) {
+	st, _ := newCountingStore(t)
+	big := bytes.Repeat([]byte("0123456789"), 300)
+	runs := 0
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(200)
+		for i := 0; i < len(big); i += 100 {
+			w.Write(big[i : i+100])
+		}
+	})
+	mw := idem.New(st, idem.WithMaxResponseSize(1000))(h)
+	first := do(mw, "POST", "/", "k", "")
+	if first.Code != 200 || !bytes.Equal(first.Body.Bytes(), big) {
+		t.Fatalf("first: %d with %d bytes, want 200 and all %d", first.Code, first.Body.Len(), len(big))
+	}
+	p := wantProblem(t, do(mw, "POST", "/", "k", ""), 409, "response-not-replayable")
+	if p.OriginalStatus != 200 || runs != 1 {
+		t.Fatalf("original_status %d, runs %d", p.OriginalStatus, runs)
+	}
+}
+
+// SPEC 4.12: a handler that flushes streams; it is never run twice.
+func TestRule4_12_Flush(t *testing.T) {
+	st, _ := newCountingStore(t)
+	runs := 0
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: 1\n\n")
+		if err := http.NewResponseController(w).Flush(); err != nil {
+			t.Errorf("Flush through ResponseController: %v", err)
+		}
+		io.WriteString(w, "data: 2\n\n")
+	})
+	srv := httptest.NewServer(idem.New(st)(h))
+	defer srv.Close()
+	post := func() (*http.Response, string) {
+		req, _ := http.NewRequest("POST", srv.URL, nil)
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	resp, body := post()
+	if resp.StatusCode != 200 || body != "data: 1\n\ndata: 2\n\n" {
+		t.Fatalf("streamed: %d %q", resp.StatusCode, body)
+	}
+	resp, body = post()
+	if resp.StatusCode != 409 || !strings.Contains(body, "response-not-replayable") || runs != 1 {
+		t.Fatalf("duplicate of a streamed response: %d %s, runs %d", resp.StatusCode, body, runs)
+	}
+}
+
+// SPEC 7: the handler reads its key and scope from the context.
+func TestRule7_KeyAndScopeInContext(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var key, scope string
+	var ok bool
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, ok = idem.KeyFromContext(r.Context())
+		scope = idem.ScopeFromContext(r.Context())
+	})
+	mw := idem.New(st, idem.WithScope(func(*http.Request) string { return "acct_9" }))(h)
+	do(mw, "POST", "/", `"ord-1"`, "")
+	if key != "ord-1" || !ok || scope != "acct_9" {
+		t.Fatalf("KeyFromContext = %q %v, ScopeFromContext = %q", key, ok, scope)
+	}
+	if k, ok := idem.KeyFromContext(context.Background()); k != "" || ok {
+		t.Fatal("KeyFromContext outside the middleware")
+	}
+}
+
+// SPEC 7: every outcome reaches the hook.
+func TestRule7_HookOutcomes(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var ev events
+	h := &payments{}
+	mw := idem.New(st, idem.WithHook(ev.hook))(h)
+	do(mw, "POST", "/", "k", "a")       // executed
+	do(mw, "POST", "/", "k", "a")       // replayed
+	do(mw, "POST", "/", "k", "b")       // mismatch
+	do(mw, "POST", "/", "bad key", "a") // rejected
+	do(mw, "GET", "/", "k", "a")        // not protected: no event
+	do(mw, "POST", "/", "", "a")        // no key: no event
+	want := []idem.Outcome{idem.OutcomeExecuted, idem.OutcomeReplayed, idem.OutcomeMismatch, idem.OutcomeRejected}
+	got := ev.outcomes()
+	if len(got) != len(want) {
+		t.Fatalf("outcomes %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("outcomes %v, want %v", got, want)
+		}
+	}
+	if e := ev.evs[0]; e.Key != "k" || e.Status != 201 || !e.Stored {
+		t.Fatalf("executed event %+v", e)
+	}
+}
+
+// Invalid options fail at construction, never per request.
+func TestInvalidOptions(t *testing.T) {
+	st, _ := newCountingStore(t)
+	bad := [][]idem.Option{
+		{idem.WithTTL(0)},
+		{idem.WithLockTTL(time.Millisecond)},
+		{idem.WithTTL(time.Second), idem.WithLockTTL(time.Minute)},
+		{idem.WithMethods()},
+		{idem.WithMethods("PO ST")},
+		{idem.WithHeader("Idem Key")},
+		{idem.WithMaxKeyLength(0)},
+		{idem.WithMaxBodySize(-1)},
+		{idem.WithMaxResponseSize(0)},
+		{idem.WithScope(nil)},
+		{idem.WithFingerprint(nil)},
+		{idem.WithResponsePolicy(nil)},
+		{idem.WithStoreTimeout(0)},
+		{idem.WithWait(-time.Second)},
+		{nil},
+	}
+	for i, opts := range bad {
+		if _, err := idem.NewMiddleware(st, opts...); err == nil {
+			t.Errorf("case %d: NewMiddleware accepted invalid options", i)
+		}
+	}
+	if _, err := idem.NewMiddleware(nil); err == nil {
+		t.Error("NewMiddleware accepted a nil store")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("New did not panic on an invalid option")
+		}
+	}()
+	idem.New(st, idem.WithTTL(-1))
+}

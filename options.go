@@ -1,0 +1,302 @@
+package idem
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Defaults of the settings that options change.
+const (
+	DefaultTTL             = 24 * time.Hour
+	DefaultLockTTL         = 30 * time.Second
+	DefaultStoreTimeout    = 2 * time.Second
+	DefaultHeader          = "Idempotency-Key"
+	DefaultMaxKeyLength    = 255
+	DefaultMaxBodySize     = 1 << 20
+	DefaultMaxResponseSize = 1 << 20
+)
+
+// Option changes one setting of a middleware (New, NewMiddleware) or of a
+// call of Do. Each setting has one option, whose documentation names its
+// default. Options are checked when the middleware is built: an invalid one
+// makes NewMiddleware return an error (New panics), never a request fail.
+type Option func(*config)
+
+// config is the checked settings of one middleware instance.
+type config struct {
+	ttl             time.Duration
+	lockTTL         time.Duration
+	storeTimeout    time.Duration
+	wait            time.Duration
+	methods         []string
+	header          string
+	maxKeyLen       int
+	maxBody         int64
+	maxResponse     int
+	requireKey      bool
+	failOpen        bool
+	scope           func(*http.Request) string
+	fingerprint     FingerprintFunc
+	keep            func(status int) bool
+	hook            func(Event)
+	logger          *slog.Logger
+	errs            []error
+	renewEvery      time.Duration
+	lockRetryAfter  int
+	storeRetryAfter int
+}
+
+func defaultConfig() config {
+	return config{
+		ttl:          DefaultTTL,
+		lockTTL:      DefaultLockTTL,
+		storeTimeout: DefaultStoreTimeout,
+		methods:      []string{http.MethodPost, http.MethodPatch},
+		header:       DefaultHeader,
+		maxKeyLen:    DefaultMaxKeyLength,
+		maxBody:      DefaultMaxBodySize,
+		maxResponse:  DefaultMaxResponseSize,
+		fingerprint:  Fingerprint,
+		keep:         KeepBelow500,
+	}
+}
+
+func (c *config) fail(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("idem: "+format, args...))
+}
+
+// build applies opts and checks the result.
+func build(opts []Option) (*config, error) {
+	c := defaultConfig()
+	for _, o := range opts {
+		if o == nil {
+			c.fail("nil Option")
+			continue
+		}
+		o(&c)
+	}
+	if c.lockTTL < 10*time.Millisecond {
+		c.fail("lock TTL %v is shorter than 10ms", c.lockTTL)
+	}
+	if c.ttl < c.lockTTL {
+		c.fail("retention TTL %v is shorter than the lock TTL %v", c.ttl, c.lockTTL)
+	}
+	if len(c.errs) > 0 {
+		return nil, errors.Join(c.errs...)
+	}
+	c.renewEvery = c.lockTTL / 3
+	c.lockRetryAfter = ceilSeconds(c.lockTTL)
+	c.storeRetryAfter = 1
+	return &c, nil
+}
+
+// ceilSeconds rounds d up to whole seconds, at least 1: the form of
+// Retry-After.
+func ceilSeconds(d time.Duration) int {
+	s := int((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		return 1
+	}
+	return s
+}
+
+// WithTTL sets how long a completed response is kept and replayed
+// (default DefaultTTL, 24h). Give each route its own middleware to give it
+// its own TTL.
+func WithTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("WithTTL(%v): want a positive duration", d)
+		}
+		c.ttl = d
+	}
+}
+
+// WithLockTTL sets the lease of an in-flight request (default
+// DefaultLockTTL, 30s). The lease is renewed every third of it while the
+// handler runs, so a slow handler keeps its key; if the process dies, the key
+// is free again after at most this long. Must be at least 10ms.
+func WithLockTTL(d time.Duration) Option {
+	return func(c *config) { c.lockTTL = d }
+}
+
+// WithStoreTimeout bounds every store call (default DefaultStoreTimeout,
+// 2s). Store calls run on a context detached from the client's, so a client
+// that hangs up never stops a response from being recorded.
+func WithStoreTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("WithStoreTimeout(%v): want a positive duration", d)
+		}
+		c.storeTimeout = d
+	}
+}
+
+// WithWait makes a duplicate of an in-flight request wait up to d for the
+// first one to finish and then get its response, instead of an immediate
+// 409 (default 0: no waiting). While waiting, the store is polled with
+// growing intervals; when d runs out the duplicate gets the 409.
+func WithWait(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.fail("WithWait(%v): want zero or a positive duration", d)
+		}
+		c.wait = d
+	}
+}
+
+// WithMethods sets the request methods that the middleware protects
+// (default POST and PATCH). Requests with other methods pass straight
+// through with no store call.
+func WithMethods(methods ...string) Option {
+	return func(c *config) {
+		if len(methods) == 0 {
+			c.fail("WithMethods: no method given")
+		}
+		for _, m := range methods {
+			if !isToken(m) {
+				c.fail("WithMethods: %q is not a method name", m)
+			}
+		}
+		c.methods = methods
+	}
+}
+
+// WithHeader sets the name of the request header that carries the key
+// (default DefaultHeader, "Idempotency-Key").
+func WithHeader(name string) Option {
+	return func(c *config) {
+		if !isToken(name) {
+			c.fail("WithHeader(%q): not a header name", name)
+		}
+		c.header = http.CanonicalHeaderKey(name)
+	}
+}
+
+// WithMaxKeyLength sets the longest key accepted, in bytes, not counting the
+// quotes of the quoted form (default DefaultMaxKeyLength, 255). Longer keys
+// are answered 400.
+func WithMaxKeyLength(n int) Option {
+	return func(c *config) {
+		if n <= 0 {
+			c.fail("WithMaxKeyLength(%d): want a positive length", n)
+		}
+		c.maxKeyLen = n
+	}
+}
+
+// WithMaxBodySize sets the largest request body of a keyed request, in
+// bytes (default DefaultMaxBodySize, 1 MiB). The body is read once to be
+// fingerprinted and then handed to the handler; a larger body is answered
+// 413 and the handler does not run.
+func WithMaxBodySize(n int64) Option {
+	return func(c *config) {
+		if n <= 0 {
+			c.fail("WithMaxBodySize(%d): want a positive size", n)
+		}
+		c.maxBody = n
+	}
+}
+
+// WithMaxResponseSize sets the largest response body kept for replay, in
+// bytes (default DefaultMaxResponseSize, 1 MiB). A handler that writes more
+// has its response streamed to the client as it is written; the key is then
+// recorded as done without its body, and duplicates get a 409
+// response-not-replayable problem instead of the body.
+func WithMaxResponseSize(n int) Option {
+	return func(c *config) {
+		if n <= 0 {
+			c.fail("WithMaxResponseSize(%d): want a positive size", n)
+		}
+		c.maxResponse = n
+	}
+}
+
+// WithRequiredKey makes the key mandatory: a protected request without the
+// key header is answered 400 (default: such requests pass through
+// unprotected).
+func WithRequiredKey() Option {
+	return func(c *config) { c.requireKey = true }
+}
+
+// WithFailOpen makes the middleware run the handler without protection when
+// the store cannot be reached (default: fail closed, answering 503 with
+// Retry-After and not running the handler). Fail-open keeps the API up during
+// a store outage at the price of possible duplicate executions; each such
+// request is reported to the hook as OutcomeStoreError.
+func WithFailOpen() Option {
+	return func(c *config) { c.failOpen = true }
+}
+
+// WithScope sets the function that names the principal a request acts for,
+// such as an account ID from authentication (default: one scope for all).
+// The scope is part of the stored key, so two principals sending the same
+// key never see each other's records.
+func WithScope(f func(r *http.Request) string) Option {
+	return func(c *config) {
+		if f == nil {
+			c.fail("WithScope(nil)")
+		}
+		c.scope = f
+	}
+}
+
+// WithFingerprint replaces the fingerprint function (default Fingerprint;
+// see also FingerprintHeaders and CanonicalJSON).
+func WithFingerprint(f FingerprintFunc) Option {
+	return func(c *config) {
+		if f == nil {
+			c.fail("WithFingerprint(nil)")
+		}
+		c.fingerprint = f
+	}
+}
+
+// WithResponsePolicy sets which responses are stored and replayed, by
+// status (default KeepBelow500). A response that is not kept releases the
+// key, so a retry runs the handler again, unless the handler called
+// MarkCommitted for its request.
+func WithResponsePolicy(keep func(status int) bool) Option {
+	return func(c *config) {
+		if keep == nil {
+			c.fail("WithResponsePolicy(nil)")
+		}
+		c.keep = keep
+	}
+}
+
+// KeepBelow500 is the default response policy: 2xx, 3xx and 4xx responses
+// are stored; 5xx responses are not, so the client may retry.
+func KeepBelow500(status int) bool { return status < 500 }
+
+// WithHook sets a function called once for every outcome (see Event). It
+// runs on the request's goroutine, before the response is sent, and must be
+// quick and must not keep the event's Request.
+func WithHook(f func(Event)) Option {
+	return func(c *config) { c.hook = f }
+}
+
+// WithLogger logs every outcome through l: executions and replays at Debug,
+// conflicts, mismatches and refused keys at Info, store errors and lost
+// locks at Error (default: no logging).
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = l }
+}
+
+// isToken reports whether s is a non-empty RFC 9110 token.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}

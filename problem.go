@@ -1,0 +1,92 @@
+package idem
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
+
+// ProblemTypeBase is the prefix of the "type" member of every problem
+// response the middleware sends. Each type's anchor is documented in the
+// README's "Problem types" table.
+const ProblemTypeBase = "https://github.com/idemgo/idem#problem-"
+
+// problem is an RFC 9457 problem details object. Every answer the
+// middleware gives of its own is one; none ever carries internal error text.
+type problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail"`
+	// OriginalStatus is set on response-not-replayable problems: the status
+	// of the response the first request got.
+	OriginalStatus int `json:"original_status,omitempty"`
+}
+
+func newProblem(slug string, status int, title, detail string) *problem {
+	return &problem{Type: ProblemTypeBase + slug, Title: title, Status: status, Detail: detail}
+}
+
+// The fixed problems are encoded once, so that the common answers (409,
+// 422, 503) cost no encoding per request.
+var (
+	probKeyInUse = mustRender(newProblem("key-in-use", http.StatusConflict, "Request in progress",
+		"A request with this Idempotency-Key is still being processed. Retry after the number of seconds in Retry-After."))
+	probKeyReused = mustRender(newProblem("key-reused", http.StatusUnprocessableEntity, "Idempotency-Key reused",
+		"This Idempotency-Key was already used for a different request (method, path or body). Use a new key for a new request."))
+	probStoreUnavailable = mustRender(newProblem("store-unavailable", http.StatusServiceUnavailable, "Idempotency store unavailable",
+		"The request was not processed because its Idempotency-Key could not be checked. Retry with the same key after the number of seconds in Retry-After."))
+	probNotRecorded = mustRender(newProblem("response-not-recorded", http.StatusServiceUnavailable, "Response not recorded",
+		"The request may have been processed, but its response could not be recorded. Retry with the same Idempotency-Key after the number of seconds in Retry-After to learn the outcome."))
+	probBodyUnreadable = mustRender(newProblem("body-unreadable", http.StatusBadRequest, "Request body unreadable",
+		"The request body could not be read completely."))
+)
+
+type rendered struct {
+	status int
+	body   []byte
+}
+
+func mustRender(p *problem) rendered {
+	b, err := json.Marshal(p)
+	if err != nil {
+		panic(err)
+	}
+	return rendered{status: p.Status, body: b}
+}
+
+// probKey answers a refused Idempotency-Key; err's text was written for
+// clients (see keyError).
+func probKey(err error) rendered {
+	if err == errKeyMissing {
+		return mustRender(newProblem("key-missing", http.StatusBadRequest, "Idempotency-Key required",
+			"This endpoint requires an Idempotency-Key header; send a unique key with each new request and repeat it on retries."))
+	}
+	return mustRender(newProblem("key-invalid", http.StatusBadRequest, "Invalid Idempotency-Key", err.Error()+"."))
+}
+
+func probBodyTooLarge(limit int64) rendered {
+	return mustRender(newProblem("body-too-large", http.StatusRequestEntityTooLarge, "Request body too large",
+		"Requests with an Idempotency-Key may carry at most "+strconv.FormatInt(limit, 10)+" bytes of body on this endpoint."))
+}
+
+func probNotReplayable(original int) rendered {
+	p := newProblem("response-not-replayable", http.StatusConflict, "Response cannot be replayed",
+		"A request with this Idempotency-Key has already been processed, but its response was streamed or too large to keep, so it cannot be sent again. The request will not be processed again with this key.")
+	p.OriginalStatus = original
+	return mustRender(p)
+}
+
+// writeProblem sends p. retryAfter, in seconds, is sent as Retry-After when
+// positive.
+func writeProblem(w http.ResponseWriter, p rendered, retryAfter int) {
+	h := w.Header()
+	h["Content-Type"] = []string{"application/problem+json"}
+	h["Content-Length"] = []string{strconv.Itoa(len(p.body))}
+	h["Cache-Control"] = []string{"no-store"}
+	if retryAfter > 0 {
+		h["Retry-After"] = []string{strconv.Itoa(retryAfter)}
+	}
+	w.WriteHeader(p.status)
+	w.Write(p.body)
+}
