@@ -1,0 +1,281 @@
+// Package redisstore is an idem.Store on Redis, through a go-redis v9
+// redis.UniversalClient: a single node, Sentinel (a failover client) and
+// Redis Cluster all work, and several processes can share one store.
+//
+// # Key layout
+//
+// Each idempotency key is one Redis hash named prefix+key (the prefix is
+// "idem:" unless WithPrefix says otherwise). Keys are binary safe: any string
+// is stored as given, with no escaping. The hash holds
+//
+//	v  format version of the record, "1" (see below)
+//	s  state: "1" in progress, "2" completed (the values of idem.State)
+//	t  owner token, while in progress
+//	f  request fingerprint
+//	r  result bytes, once completed
+//
+// An in-progress record expires when its lease runs out and a completed one
+// when its retention TTL runs out; both are plain Redis TTLs (PEXPIRE, in
+// milliseconds, rounded up so that a lease is never 0 ms), so nothing has to
+// sweep and an expired record is absent to every later command.
+//
+// # One round trip per operation
+//
+// Claim, Complete, Release and Renew each run one Lua script (EVALSHA, see
+// redis.Script.Run) that touches only KEYS[1], so every operation is atomic,
+// costs one round trip and is routed to the key's slot in a Cluster. Complete,
+// Release and Renew check that the record is in progress and owned by the
+// caller's token inside the script (fencing); otherwise they change nothing
+// and return idem.ErrLockLost.
+//
+// The first time a script runs on a server that has not seen it (a fresh
+// server, a restart, a failover to a replica, SCRIPT FLUSH), EVALSHA answers
+// NOSCRIPT and go-redis sends the script again with EVAL: one extra round
+// trip, once per script and server. Store.Load preloads the scripts at
+// start-up to avoid it.
+//
+// # Format version
+//
+// Every record carries the field v. Claim reads the versions this release
+// knows (only "1" so far) and answers any other with an error wrapping
+// idem.ErrCorruptRecord, never with a wrong record; Complete, Release and
+// Renew treat a record of another version as not owned by the caller. A
+// later release that changes the layout adds a version and keeps reading
+// this one.
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemgo/idem"
+)
+
+// DefaultPrefix is the prefix put before every key unless WithPrefix says
+// otherwise.
+const DefaultPrefix = "idem:"
+
+// formatVersion is the value of the v field of the records this release
+// writes. Readers accept it and reject every other value.
+const formatVersion = "1"
+
+// Field values of s; they are the decimal values of idem.State.
+const (
+	stateInProgress = "1"
+	stateCompleted  = "2"
+)
+
+// The scripts. Each one touches KEYS[1] only. They are package variables so
+// their SHA-1 is computed once.
+var (
+	// claimScript: ARGV = token, fingerprint, lease in ms.
+	// Returns nil when it created the record, else {v, s, t, f, r, pttl}
+	// (fields that are not set come back as nil).
+	claimScript = redis.NewScript(`
+local rec = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'f', 'r')
+if not rec[1] and redis.call('EXISTS', KEYS[1]) == 0 then
+	redis.call('HSET', KEYS[1], 'v', '` + formatVersion + `', 's', '` + stateInProgress + `', 't', ARGV[1], 'f', ARGV[2])
+	redis.call('PEXPIRE', KEYS[1], ARGV[3])
+	return nil
+end
+rec[6] = redis.call('PTTL', KEYS[1])
+return rec
+`)
+
+	// completeScript: ARGV = token, result, retention in ms.
+	// Returns 1 when it completed the record, 0 when the caller does not own it.
+	completeScript = redis.NewScript(ownedCheck + `
+redis.call('HSET', KEYS[1], 's', '` + stateCompleted + `', 'r', ARGV[2])
+redis.call('HDEL', KEYS[1], 't')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`)
+
+	// releaseScript: ARGV = token.
+	// Returns 1 when it deleted the record, 0 when the caller does not own it.
+	releaseScript = redis.NewScript(ownedCheck + `
+redis.call('DEL', KEYS[1])
+return 1
+`)
+
+	// renewScript: ARGV = token, lease in ms.
+	// Returns 1 when it extended the lease, 0 when the caller does not own it.
+	renewScript = redis.NewScript(ownedCheck + `
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+)
+
+// ownedCheck starts the fenced scripts: it returns 0 unless KEYS[1] holds an
+// in-progress record of the current format owned by ARGV[1].
+const ownedCheck = `
+local rec = redis.call('HMGET', KEYS[1], 'v', 's', 't')
+if rec[1] ~= '` + formatVersion + `' or rec[2] ~= '` + stateInProgress + `' or rec[3] ~= ARGV[1] then
+	return 0
+end`
+
+var scripts = [...]*redis.Script{claimScript, completeScript, releaseScript, renewScript}
+
+// Store is an idem.Store on Redis. Create it with New; it is safe for
+// concurrent use by many goroutines and many processes.
+type Store struct {
+	client redis.UniversalClient
+	prefix string
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithPrefix sets the string put before every key to name its Redis key
+// (default DefaultPrefix, "idem:"). Give each application or environment
+// that shares a Redis its own prefix. In a Redis Cluster, a prefix holding a
+// hash tag ("{idem}:") would put every record in one slot, on one node:
+// leave the braces out unless that is what you want.
+func WithPrefix(prefix string) Option {
+	return func(s *Store) { s.prefix = prefix }
+}
+
+// New returns a Store that keeps its records through client: a
+// *redis.Client, a failover client (Sentinel) or a *redis.ClusterClient.
+// New makes no network call; the Store does not own client, so closing it
+// stays with the caller.
+func New(client redis.UniversalClient, opts ...Option) *Store {
+	s := &Store{client: client, prefix: DefaultPrefix}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Load loads the Store's Lua scripts into the server (every master, for a
+// Cluster client), so that no operation pays the extra EVAL round trip of a
+// script's first use. Calling it is optional: without it each script costs
+// one extra round trip the first time it runs on each server.
+func (s *Store) Load(ctx context.Context) error {
+	for _, sc := range scripts {
+		if err := sc.Load(ctx, s.client).Err(); err != nil {
+			return fmt.Errorf("redisstore: load scripts: %w", err)
+		}
+	}
+	return nil
+}
+
+// millis converts d to whole milliseconds, rounding up, and at least 1, so
+// that a short positive duration never becomes a 0 ms (already expired) TTL.
+func millis(d time.Duration) int64 {
+	ms := int64((d + time.Millisecond - 1) / time.Millisecond)
+	if ms < 1 {
+		return 1
+	}
+	return ms
+}
+
+// Claim implements idem.Store.
+func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease time.Duration) (*idem.Record, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("redisstore: claim: %w", err)
+	}
+	res, err := claimScript.Run(ctx, s.client, []string{s.prefix + key}, token, fingerprint, millis(lease)).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: claim: %w", err)
+	}
+	rec, err := parseRecord(res)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: claim: %w", err)
+	}
+	return rec, nil
+}
+
+// errMalformed is wrapped into the error for a script reply this release
+// cannot read.
+var errMalformed = fmt.Errorf("malformed record: %w", idem.ErrCorruptRecord)
+
+// parseRecord reads the reply {v, s, t, f, r, pttl} of claimScript.
+func parseRecord(res interface{}) (*idem.Record, error) {
+	fields, ok := res.([]interface{})
+	if !ok || len(fields) != 6 {
+		return nil, fmt.Errorf("unexpected script reply %T: %w", res, errMalformed)
+	}
+	v, _ := bulk(fields[0])
+	if v != formatVersion {
+		return nil, fmt.Errorf("record format version %q unknown to this release (it reads %q): %w", v, formatVersion, idem.ErrCorruptRecord)
+	}
+	state, _ := bulk(fields[1])
+	token, _ := bulk(fields[2])
+	fp, hasFP := bulk(fields[3])
+	if !hasFP {
+		return nil, errMalformed
+	}
+	rec := &idem.Record{Fingerprint: fp, Token: token}
+	switch state {
+	case stateInProgress:
+		rec.State = idem.StateInProgress
+		if pttl, ok := fields[5].(int64); ok && pttl > 0 {
+			rec.LeaseLeft = time.Duration(pttl) * time.Millisecond
+		}
+	case stateCompleted:
+		rec.State = idem.StateCompleted
+		r, ok := bulk(fields[4])
+		if !ok {
+			return nil, errMalformed
+		}
+		rec.Result = []byte(r)
+	default:
+		return nil, fmt.Errorf("record state %q: %w", state, errMalformed)
+	}
+	return rec, nil
+}
+
+// bulk returns the string in a reply element, and false for a missing field
+// (nil in RESP2; nil or false in RESP3, where Lua's false is a boolean).
+func bulk(v interface{}) (string, bool) {
+	s, ok := v.(string)
+	return s, ok
+}
+
+// Complete implements idem.Store.
+func (s *Store) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("redisstore: complete: %w", err)
+	}
+	return fenced("complete", completeScript.Run(ctx, s.client, []string{s.prefix + key}, token, result, millis(ttl)))
+}
+
+// Release implements idem.Store.
+func (s *Store) Release(ctx context.Context, key, token string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("redisstore: release: %w", err)
+	}
+	return fenced("release", releaseScript.Run(ctx, s.client, []string{s.prefix + key}, token))
+}
+
+// Renew implements idem.Store.
+func (s *Store) Renew(ctx context.Context, key, token string, lease time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("redisstore: renew: %w", err)
+	}
+	return fenced("renew", renewScript.Run(ctx, s.client, []string{s.prefix + key}, token, millis(lease)))
+}
+
+// fenced reads the reply of a fenced script: 1 done, 0 not the owner.
+func fenced(op string, cmd *redis.Cmd) error {
+	n, err := cmd.Int64()
+	switch {
+	case err != nil:
+		return fmt.Errorf("redisstore: %s: %w", op, err)
+	case n == 1:
+		return nil
+	case n == 0:
+		return idem.ErrLockLost
+	}
+	return fmt.Errorf("redisstore: %s: unexpected script reply %d", op, n)
+}
+
+var _ idem.Store = (*Store)(nil)
