@@ -393,7 +393,7 @@ func TestBackendFailure(t *testing.T) {
 		{"Renew", func(st *redisstore.Store) error { return st.Renew(ctx, "owned", "tok", time.Minute) }},
 	}
 	faults := []struct {
-		name  string
+		name   string
 		inject func(m *miniredis.Miniredis)
 	}{
 		{"error reply", func(m *miniredis.Miniredis) { m.SetError("LOADING Redis is loading the dataset in memory") }},
