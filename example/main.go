@@ -1,0 +1,100 @@
+// Command example is a small payments API protected by idem. It shows the
+// middleware in use and is what the black-box tests drive.
+//
+//	go run ./example                                  # in-memory store
+//	go run ./example -store sqlite:/tmp/idem.db       # SQLite file
+//	go run ./example -store redis://127.0.0.1:6379/0  # Redis
+//	go run ./example -store 'redis-cluster://127.0.0.1:7000?addr=127.0.0.1:7001'
+//	go run ./example -store postgres://user@127.0.0.1:5432/db?sslmode=disable
+//
+// Endpoints: GET /healthz, POST /payments (JSON {"amount": int, "currency":
+// string}, plus the test fields "delay_ms" and "fail"), GET /payments.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "example:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("example", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
+	storeSpec := fs.String("store", "memory", "store: memory, sqlite:PATH, redis://host:port/db, redis-cluster://host:port?addr=host2:port2, postgres://...")
+	ttl := fs.Duration("ttl", 24*time.Hour, "how long completed responses are kept for replay")
+	lockTTL := fs.Duration("lock-ttl", 30*time.Second, "lease of an in-flight request")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	store, closeStore, err := openStore(openCtx, *storeSpec)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	handler, err := newService(store, *ttl, *lockTTL, logger)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	// The tests read this line to learn the port of -addr 127.0.0.1:0.
+	fmt.Printf("listening on %s (store %s)\n", ln.Addr(), storeKind(*storeSpec))
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	fmt.Println("stopped")
+	return nil
+}
+
+// storeKind returns the scheme of a -store value, so that no password in a
+// URL is printed.
+func storeKind(spec string) string {
+	for i := 0; i < len(spec); i++ {
+		if spec[i] == ':' {
+			return spec[:i]
+		}
+	}
+	return spec
+}

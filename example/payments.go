@@ -1,0 +1,118 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/idemgo/idem"
+)
+
+// payment is one payment the service has made.
+type payment struct {
+	ID       string `json:"id"`
+	Amount   int64  `json:"amount"`
+	Currency string `json:"currency"`
+	Created  string `json:"created"`
+}
+
+// paymentRequest is the body of POST /payments. DelayMS and Fail exist for
+// tests: the handler sleeps DelayMS milliseconds, and answers 500 if Fail.
+type paymentRequest struct {
+	Amount   *int64  `json:"amount"`
+	Currency *string `json:"currency"`
+	DelayMS  int     `json:"delay_ms"`
+	Fail     bool    `json:"fail"`
+}
+
+// service is the payments API. Its ledger lives in the process; the
+// idempotency records live in the store, which several processes may share.
+type service struct {
+	mu         sync.Mutex
+	payments   []payment
+	executions atomic.Int64
+}
+
+// newService returns the routes of the example API, POST /payments protected
+// by idem with keys scoped by the Authorization header.
+func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logger) (http.Handler, error) {
+	protect, err := idem.NewMiddleware(store,
+		idem.WithTTL(ttl),
+		idem.WithLockTTL(lockTTL),
+		idem.WithScope(func(r *http.Request) string { return r.Header.Get("Authorization") }),
+		idem.WithLogger(logger),
+	)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{}
+	r := chi.NewRouter()
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	r.With(protect.Handler).Post("/payments", s.create)
+	r.Get("/payments", s.list)
+	return r, nil
+}
+
+func (s *service) create(w http.ResponseWriter, r *http.Request) {
+	s.executions.Add(1)
+	var req paymentRequest
+	dec := json.NewDecoder(r.Body)
+	if err := dec.Decode(&req); err != nil {
+		writeProblem(w, http.StatusBadRequest, "Malformed JSON", "The body must be a JSON object such as {\"amount\": 1000, \"currency\": \"eur\"}.")
+		return
+	}
+	if req.Amount == nil || req.Currency == nil || strings.TrimSpace(*req.Currency) == "" {
+		writeProblem(w, http.StatusBadRequest, "Missing field", "Both \"amount\" (an integer) and \"currency\" (a string) are required.")
+		return
+	}
+	if req.DelayMS > 0 {
+		time.Sleep(time.Duration(req.DelayMS) * time.Millisecond)
+	}
+	if req.Fail {
+		writeProblem(w, http.StatusInternalServerError, "Payment failed", "The payment provider failed; nothing was charged. Retry with the same key.")
+		return
+	}
+	p := payment{ID: newID(), Amount: *req.Amount, Currency: *req.Currency, Created: time.Now().UTC().Format(time.RFC3339Nano)}
+	s.mu.Lock()
+	s.payments = append(s.payments, p)
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Location", "/payments/"+p.ID)
+	w.WriteHeader(http.StatusCreated)
+	json.NewEncoder(w).Encode(p)
+}
+
+func (s *service) list(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	list := append([]payment{}, s.payments...)
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(struct {
+		Count      int       `json:"count"`
+		Executions int64     `json:"executions"`
+		Payments   []payment `json:"payments"`
+	}{len(list), s.executions.Load(), list})
+}
+
+func writeProblem(w http.ResponseWriter, status int, title, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"type": "about:blank", "title": title, "status": status, "detail": detail})
+}
+
+// newID returns a payment ID unique across processes.
+func newID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "pay_" + hex.EncodeToString(b[:])
+}
