@@ -211,3 +211,7 @@ func (e *events) last() idem.Event {
 	}
 	return e.evs[len(e.evs)-1]
 }
+
+type atomicCounter struct{ n atomic.Int64 }
+
+func (c *atomicCounter) next() int64 { return c.n.Add(1) }

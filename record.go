@@ -99,8 +99,15 @@ func DecodeResponse(data []byte) (*Response, error) {
 	if n > 0 {
 		resp.Header = make(http.Header, n)
 	}
+	prev := ""
 	for i := 0; i < n && d.ok; i++ {
 		name := string(d.bytes())
+		if i > 0 && name <= prev {
+			// Names are written sorted and unique; anything else was not
+			// written by EncodeResponse.
+			return nil, ErrCorruptRecord
+		}
+		prev = name
 		m := d.count()
 		vv := make([]string, 0, m)
 		for j := 0; j < m && d.ok; j++ {

@@ -1,0 +1,70 @@
+package idem_test
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/idemgo/idem"
+)
+
+// SPEC 3.1: SHA-256 over method, path with query, and body; any change in
+// one of them changes the fingerprint.
+func TestRule3_1_Fingerprint(t *testing.T) {
+	base := httptest.NewRequest("POST", "/payments?a=1", nil)
+	fp := idem.Fingerprint(base, []byte(`{"amount":1}`))
+	if len(fp) != 64 || strings.Trim(fp, "0123456789abcdef") != "" {
+		t.Fatalf("fingerprint %q is not a hex SHA-256", fp)
+	}
+	if again := idem.Fingerprint(httptest.NewRequest("POST", "/payments?a=1", nil), []byte(`{"amount":1}`)); again != fp {
+		t.Fatal("fingerprint not stable")
+	}
+	for name, got := range map[string]string{
+		"method":  idem.Fingerprint(httptest.NewRequest("PATCH", "/payments?a=1", nil), []byte(`{"amount":1}`)),
+		"path":    idem.Fingerprint(httptest.NewRequest("POST", "/payment?a=1", nil), []byte(`{"amount":1}`)),
+		"query":   idem.Fingerprint(httptest.NewRequest("POST", "/payments?a=2", nil), []byte(`{"amount":1}`)),
+		"body":    idem.Fingerprint(base, []byte(`{"amount":2}`)),
+		"framing": idem.Fingerprint(httptest.NewRequest("POST", "/payments?a=1%7B", nil), []byte(`"amount":1}`)),
+	} {
+		if got == fp {
+			t.Errorf("a change of %s kept the fingerprint", name)
+		}
+	}
+	// Headers count only when chosen.
+	withHdr := idem.FingerprintHeaders("X-Api-Version")
+	r1 := httptest.NewRequest("POST", "/p", nil)
+	r2 := httptest.NewRequest("POST", "/p", nil)
+	r2.Header.Set("X-Api-Version", "2")
+	r3 := httptest.NewRequest("POST", "/p", nil)
+	r3.Header.Set("X-Api-Version", "")
+	r4 := httptest.NewRequest("POST", "/p", nil)
+	r4.Header.Set("X-Other", "2")
+	if idem.Fingerprint(r1, nil) != idem.Fingerprint(r2, nil) {
+		t.Error("the default fingerprint covers headers")
+	}
+	if withHdr(r1, nil) == withHdr(r2, nil) || withHdr(r1, nil) == withHdr(r3, nil) || withHdr(r2, nil) == withHdr(r3, nil) {
+		t.Error("FingerprintHeaders does not tell absent, empty and set apart")
+	}
+	if withHdr(r1, nil) != withHdr(r4, nil) {
+		t.Error("FingerprintHeaders covers a header it was not given")
+	}
+}
+
+func TestCanonicalJSON(t *testing.T) {
+	f := idem.CanonicalJSON()
+	r := httptest.NewRequest("POST", "/", nil)
+	same := []string{`{"a":1,"b":[true,null,"x"]}`, ` { "b" : [ true , null , "x" ] , "a" : 1 } `, "{\"b\":[true,null,\"\\u0078\"],\"a\":1}"}
+	for _, s := range same[1:] {
+		if f(r, []byte(s)) != f(r, []byte(same[0])) {
+			t.Errorf("%s and %s differ", s, same[0])
+		}
+	}
+	for _, s := range []string{`{"a":1.0,"b":[true,null,"x"]}`, `{"a":1,"b":[null,true,"x"]}`, `{"a":1,"b":[true,null,"x"]} {}`, `{"a":1`} {
+		if f(r, []byte(s)) == f(r, []byte(same[0])) {
+			t.Errorf("%s counts as %s", s, same[0])
+		}
+	}
+	if f(r, []byte("not json")) != idem.Fingerprint(r, []byte("not json")) {
+		t.Error("a non-JSON body is not fingerprinted byte for byte")
+	}
+}

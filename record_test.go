@@ -1,0 +1,110 @@
+package idem_test
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"reflect"
+	"testing"
+
+	"github.com/idemgo/idem"
+)
+
+func TestResponseRoundTrip(t *testing.T) {
+	body := make([]byte, 1000)
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	for _, resp := range []*idem.Response{
+		{Status: 201, Header: http.Header{"Set-Cookie": {"a=1", "b=2"}, "X-Empty": {""}, "Content-Type": {"application/json"}}, Body: body},
+		{Status: 204, Header: http.Header{}},
+		{Status: 200, Header: http.Header{"Vary": {"Accept"}}, BodyOmitted: true},
+		{Status: 999, Body: []byte{}},
+	} {
+		enc := idem.EncodeResponse(resp)
+		got, err := idem.DecodeResponse(enc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status != resp.Status || !bytes.Equal(got.Body, resp.Body) || got.BodyOmitted != resp.BodyOmitted {
+			t.Fatalf("round trip: got %+v, want %+v", got, resp)
+		}
+		if len(resp.Header) > 0 && !reflect.DeepEqual(got.Header, resp.Header) {
+			t.Fatalf("headers: got %v, want %v", got.Header, resp.Header)
+		}
+		if again := idem.EncodeResponse(got); !bytes.Equal(again, enc) {
+			t.Fatal("re-encoding a decoded response changed its bytes")
+		}
+	}
+}
+
+// Equal responses encode to equal bytes, whatever the map order.
+func TestResponseEncodingDeterministic(t *testing.T) {
+	h := http.Header{}
+	for _, k := range []string{"A", "B", "C", "D", "E", "F", "G", "H"} {
+		h[k] = []string{k}
+	}
+	want := idem.EncodeResponse(&idem.Response{Status: 200, Header: h})
+	for i := 0; i < 20; i++ {
+		if got := idem.EncodeResponse(&idem.Response{Status: 200, Header: h.Clone()}); !bytes.Equal(got, want) {
+			t.Fatal("encoding depends on map order")
+		}
+	}
+}
+
+// SPEC 6.5: records carry a format version. A record written in format 1
+// by this release must be read the same by every later one: the bytes
+// below are a format-1 record and must keep decoding.
+func TestRule6_5_FormatVersion(t *testing.T) {
+	v1, _ := hex.DecodeString("0100c90101" + "0c436f6e74656e742d54797065" + "01" + "1070726f626c656d2b6a736f6e3b763d31" + "05" + "68656c6c6f")
+	got, err := idem.DecodeResponse(v1)
+	if err != nil {
+		t.Fatalf("format-1 record no longer decodes: %v", err)
+	}
+	if got.Status != 201 || got.Header.Get("Content-Type") != "problem+json;v=1" || string(got.Body) != "hello" || got.BodyOmitted {
+		t.Fatalf("format-1 record decoded as %+v", got)
+	}
+	enc := idem.EncodeResponse(got)
+	if enc[0] != 1 || !bytes.Equal(enc, v1) {
+		t.Fatalf("this release writes % x, want format 1 as % x", enc, v1)
+	}
+	unknown := append([]byte{2}, v1[1:]...)
+	if _, err := idem.DecodeResponse(unknown); !errors.Is(err, idem.ErrCorruptRecord) {
+		t.Fatalf("unknown version: %v, want ErrCorruptRecord", err)
+	}
+}
+
+func TestDecodeCorrupt(t *testing.T) {
+	good := idem.EncodeResponse(&idem.Response{Status: 200, Header: http.Header{"A": {"b"}}, Body: []byte("body")})
+	cases := map[string][]byte{
+		"empty":          nil,
+		"version only":   {1},
+		"unknown flag":   append([]byte{1, 0x80}, good[2:]...),
+		"truncated":      good[:len(good)-1],
+		"trailing bytes": append(append([]byte{}, good...), 0),
+		"status 0":       {1, 0, 0, 0, 0},
+		"huge count":     {1, 0, 0xc8, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0f},
+	}
+	for name, data := range cases {
+		if _, err := idem.DecodeResponse(data); !errors.Is(err, idem.ErrCorruptRecord) {
+			t.Errorf("%s: err = %v, want ErrCorruptRecord", name, err)
+		}
+	}
+}
+
+func FuzzDecodeResponse(f *testing.F) {
+	f.Add(idem.EncodeResponse(&idem.Response{Status: 201, Header: http.Header{"A": {"1", "2"}}, Body: []byte("x")}))
+	f.Add([]byte{1, 1, 0xc8, 0x01, 0, 0})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		resp, err := idem.DecodeResponse(data)
+		if err != nil {
+			return
+		}
+		// Whatever decodes re-encodes to the same bytes.
+		if again := idem.EncodeResponse(resp); !bytes.Equal(again, data) {
+			t.Fatalf("decode/encode changed % x into % x", data, again)
+		}
+	})
+}
