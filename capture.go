@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 )
 
@@ -38,11 +37,16 @@ func newCapture(w http.ResponseWriter, max int) *capture {
 // free returns c to the pool. Buffers that grew large are dropped rather
 // than kept alive.
 func (c *capture) free() {
-	buf := c.buf
+	buf, header := c.buf, c.header
 	*c = capture{}
 	if buf.Cap() <= 64<<10 {
 		buf.Reset()
 		c.buf = buf
+	}
+	if len(header) <= 32 {
+		// The values were handed to the real writer; the map itself is ours.
+		clear(header)
+		c.header = header
 	}
 	capturePool.Put(c)
 }
@@ -189,19 +193,18 @@ func bodyAllowed(status int) bool {
 	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
 }
 
+var replayedValue = []string{"true"}
+
 // writeResponse sends a captured or stored response: the handler's headers
-// over whatever the outer handlers set, a Content-Length when the handler
-// set none, the status and the body.
+// over whatever the outer handlers set, the status and the body, in one
+// write, so that net/http frames the first answer and its replays alike.
 func writeResponse(w http.ResponseWriter, header http.Header, status int, body []byte, replayed bool) {
 	h := w.Header()
 	for k, vv := range header {
 		h[k] = vv
 	}
 	if replayed {
-		h["Idempotent-Replayed"] = []string{"true"}
-	}
-	if _, ok := header["Content-Length"]; !ok && bodyAllowed(status) {
-		h["Content-Length"] = []string{strconv.Itoa(len(body))}
+		h["Idempotent-Replayed"] = replayedValue
 	}
 	w.WriteHeader(status)
 	if len(body) > 0 {

@@ -93,11 +93,11 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 	}
 	var fnErr error
 	ctx = withInfo(ctx, &requestInfo{key: key})
-	result, stored, err := e.execute(ctx, key, token, func(ctx context.Context) ([]byte, bool) {
+	result, stored, err := e.execute(ctx, key, token, new(lease), workFunc(func(ctx context.Context) ([]byte, bool) {
 		var res []byte
 		res, fnErr = fn(ctx)
 		return res, fnErr == nil
-	})
+	}))
 	switch {
 	case errors.Is(err, ErrLockLost):
 		e.cfg.report(Event{Outcome: OutcomeLockLost, Key: key, Err: err})
@@ -121,10 +121,21 @@ type engine struct {
 }
 
 // storeCtx returns the context of one store call: ctx's values without its
-// cancellation, bounded by the store timeout.
-func (e *engine) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), e.cfg.storeTimeout)
+// cancellation, bounded by the store timeout. The caller calls its cancel
+// method when the call has returned.
+func (e *engine) storeCtx(ctx context.Context) *callCtx {
+	return newCallCtx(ctx, e.cfg.storeTimeout)
 }
+
+// work is what execute runs as the owner of a key: it returns the result
+// and whether to keep it.
+type work interface {
+	run(ctx context.Context) (result []byte, keep bool)
+}
+
+type workFunc func(ctx context.Context) ([]byte, bool)
+
+func (f workFunc) run(ctx context.Context) ([]byte, bool) { return f(ctx) }
 
 // claim claims key with a new token. It returns the token and a nil record
 // when the caller now owns the key, or the existing record. With WithWait, a
@@ -161,18 +172,18 @@ func (e *engine) claim(ctx context.Context, key, fingerprint string) (string, *R
 }
 
 func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) (*Record, error) {
-	sctx, cancel := e.storeCtx(ctx)
-	defer cancel()
+	sctx := e.storeCtx(ctx)
+	defer sctx.cancel()
 	return e.store.Claim(sctx, key, token, fingerprint, e.cfg.lockTTL)
 }
 
-// execute runs fn as the owner of key, renewing the lease while it runs.
-// fn returns the result and whether to keep it. A kept result is stored
-// (stored is true); otherwise the key is released. If fn panics, the key is
-// released and the panic goes on. The error is ErrLockLost when the lease
-// was lost while fn ran, or the store's error from Complete.
-func (e *engine) execute(ctx context.Context, key, token string, fn func(ctx context.Context) ([]byte, bool)) (result []byte, stored bool, err error) {
-	l := e.startLease(ctx, key, token)
+// execute runs w as the owner of key, renewing the lease l while it runs.
+// A kept result is stored (stored is true); otherwise the key is released.
+// If w panics, the key is released and the panic goes on. The error is
+// ErrLockLost when the lease was lost while w ran, or the store's error
+// from Complete.
+func (e *engine) execute(ctx context.Context, key, token string, l *lease, w work) (result []byte, stored bool, err error) {
+	l.start(e, ctx, key, token)
 	returned := false
 	defer func() {
 		if !returned { // fn panicked: free the key, let the panic go on
@@ -180,7 +191,7 @@ func (e *engine) execute(ctx context.Context, key, token string, fn func(ctx con
 			e.release(ctx, key, token)
 		}
 	}()
-	result, keep := fn(ctx)
+	result, keep := w.run(ctx)
 	returned = true
 	if lost := l.stop(); lost != nil {
 		return result, false, lost
@@ -202,9 +213,9 @@ func (e *engine) complete(ctx context.Context, key, token string, result []byte)
 		if attempt > 0 {
 			time.Sleep(pause)
 		}
-		sctx, cancel := e.storeCtx(ctx)
+		sctx := e.storeCtx(ctx)
 		err = e.store.Complete(sctx, key, token, result, e.cfg.ttl)
-		cancel()
+		sctx.cancel()
 		if err == nil || errors.Is(err, ErrLockLost) {
 			return err
 		}
@@ -213,8 +224,8 @@ func (e *engine) complete(ctx context.Context, key, token string, result []byte)
 }
 
 func (e *engine) release(ctx context.Context, key, token string) error {
-	sctx, cancel := e.storeCtx(ctx)
-	defer cancel()
+	sctx := e.storeCtx(ctx)
+	defer sctx.cancel()
 	return e.store.Release(sctx, key, token)
 }
 
@@ -231,12 +242,12 @@ type lease struct {
 	lost    error
 }
 
-func (e *engine) startLease(ctx context.Context, key, token string) *lease {
-	l := &lease{e: e, ctx: ctx, key: key, token: token}
+// start arms the first renewal. l must be new.
+func (l *lease) start(e *engine, ctx context.Context, key, token string) {
 	l.mu.Lock()
+	l.e, l.ctx, l.key, l.token = e, ctx, key, token
 	l.timer = time.AfterFunc(e.cfg.renewEvery, l.renew)
 	l.mu.Unlock()
-	return l
 }
 
 func (l *lease) renew() {
@@ -245,9 +256,9 @@ func (l *lease) renew() {
 	if l.stopped {
 		return
 	}
-	sctx, cancel := l.e.storeCtx(l.ctx)
+	sctx := l.e.storeCtx(l.ctx)
 	err := l.e.store.Renew(sctx, l.key, l.token, l.e.cfg.lockTTL)
-	cancel()
+	sctx.cancel()
 	if errors.Is(err, ErrLockLost) {
 		l.lost = err
 		return

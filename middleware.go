@@ -63,6 +63,18 @@ func (m *Middleware) protects(method string) bool {
 	return false
 }
 
+// request is the state of one keyed request, allocated once.
+type request struct {
+	m     *Middleware
+	next  http.Handler
+	r     *http.Request // the request as the handler sees it
+	c     *capture
+	info  requestInfo
+	body  bodyReader
+	lease lease
+	limit io.LimitedReader
+}
+
 func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	cfg := m.cfg
 	if !m.protects(r.Method) {
@@ -78,26 +90,28 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		m.answer(w, probKey(err), 0, Event{Outcome: OutcomeRejected, Request: r})
 		return
 	}
-	var scope string
+	q := &request{m: m, next: next}
+	q.info.key = key
 	if cfg.scope != nil {
-		scope = cfg.scope(r)
+		q.info.scope = cfg.scope(r)
 	}
-	ev := Event{Key: key, Scope: scope, Request: r}
+	ev := Event{Key: key, Scope: q.info.scope, Request: r}
 
-	body, buf, ok := m.readBody(w, r, ev)
+	body, buf, ok := q.readBody(w, r, ev)
 	if !ok {
 		return
 	}
 	defer freeBody(buf)
+	q.body.Reset(body)
 	fp := cfg.fingerprint(r, body)
-	skey := scopedKey(scope, key)
+	skey := scopedKey(q.info.scope, key)
 
 	token, rec, err := m.e.claim(r.Context(), skey, fp)
 	if err != nil {
 		ev.Outcome, ev.Err = OutcomeStoreError, err
 		if cfg.failOpen {
 			cfg.report(ev)
-			r.Body = &bodyReader{Reader: bytes.NewReader(body)}
+			r.Body = &q.body
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -108,27 +122,19 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		m.answerExisting(w, rec, fp, ev)
 		return
 	}
-	m.run(w, r, next, body, skey, token, ev)
+	q.execute(w, r, skey, token, ev)
 }
 
-// run executes next as the owner of the key, records its response, then
-// sends it.
-func (m *Middleware) run(w http.ResponseWriter, r *http.Request, next http.Handler, body []byte, skey, token string, ev Event) {
-	cfg := m.cfg
-	info := &requestInfo{key: ev.Key, scope: ev.Scope}
-	r2 := r.WithContext(withInfo(r.Context(), info))
-	r2.Body = &bodyReader{Reader: bytes.NewReader(body)}
-	c := newCapture(w, cfg.maxResponse)
-	defer c.free()
+// execute runs the handler as the owner of the key, records its response,
+// then sends it.
+func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token string, ev Event) {
+	m, cfg := q.m, q.m.cfg
+	q.r = r.WithContext(withInfo(r.Context(), &q.info))
+	q.r.Body = &q.body
+	q.c = newCapture(w, cfg.maxResponse)
+	defer q.c.free()
 
-	_, stored, err := m.e.execute(r.Context(), skey, token, func(context.Context) ([]byte, bool) {
-		next.ServeHTTP(c, r2)
-		c.finish()
-		if !cfg.keep(c.status) && !info.committed.Load() {
-			return nil, false
-		}
-		return c.record(), true
-	})
+	_, stored, err := m.e.execute(r.Context(), skey, token, &q.lease, q)
 	ev.Stored = stored
 	switch {
 	case err == nil:
@@ -138,6 +144,7 @@ func (m *Middleware) run(w http.ResponseWriter, r *http.Request, next http.Handl
 	default:
 		ev.Outcome, ev.Err = OutcomeStoreError, err
 	}
+	c := q.c
 	if c.streaming {
 		// Already sent; nothing more can be said to the client.
 		ev.Status = c.status
@@ -154,6 +161,16 @@ func (m *Middleware) run(w http.ResponseWriter, r *http.Request, next http.Handl
 	ev.Status = c.status
 	cfg.report(ev)
 	writeResponse(w, c.header, c.status, c.buf.Bytes(), false)
+}
+
+// run is the work of the engine: the handler, writing into the capture.
+func (q *request) run(context.Context) ([]byte, bool) {
+	q.next.ServeHTTP(q.c, q.r)
+	q.c.finish()
+	if !q.m.cfg.keep(q.c.status) && !q.info.committed.Load() {
+		return nil, false
+	}
+	return q.c.record(), true
 }
 
 // answerExisting answers a request whose key is already taken.
@@ -194,7 +211,8 @@ var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // readBody reads the whole body of r, up to the limit. On failure it has
 // answered the request and returns false.
-func (m *Middleware) readBody(w http.ResponseWriter, r *http.Request, ev Event) ([]byte, *bytes.Buffer, bool) {
+func (q *request) readBody(w http.ResponseWriter, r *http.Request, ev Event) ([]byte, *bytes.Buffer, bool) {
+	m := q.m
 	limit := m.cfg.maxBody
 	if r.ContentLength > limit {
 		ev.Outcome = OutcomeRejected
@@ -209,7 +227,9 @@ func (m *Middleware) readBody(w http.ResponseWriter, r *http.Request, ev Event) 
 	if r.ContentLength > 0 {
 		buf.Grow(int(r.ContentLength))
 	}
-	_, err := buf.ReadFrom(&io.LimitedReader{R: r.Body, N: limit + 1})
+	q.limit = io.LimitedReader{R: r.Body, N: limit + 1}
+	_, err := buf.ReadFrom(&q.limit)
+	q.limit.R = nil
 	switch {
 	case int64(buf.Len()) > limit:
 		freeBody(buf)
@@ -233,6 +253,6 @@ func freeBody(buf *bytes.Buffer) {
 
 // bodyReader hands the handler the body the middleware read, so that it
 // reads the same bytes it would have read without the middleware.
-type bodyReader struct{ *bytes.Reader }
+type bodyReader struct{ bytes.Reader }
 
 func (*bodyReader) Close() error { return nil }

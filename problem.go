@@ -45,6 +45,7 @@ var (
 type rendered struct {
 	status int
 	body   []byte
+	length []string // Content-Length
 }
 
 func mustRender(p *problem) rendered {
@@ -52,8 +53,15 @@ func mustRender(p *problem) rendered {
 	if err != nil {
 		panic(err)
 	}
-	return rendered{status: p.Status, body: b}
+	return rendered{status: p.Status, body: b, length: []string{strconv.Itoa(len(b))}}
 }
+
+// Header values shared by every problem response; net/http never changes
+// a value slice in place.
+var (
+	problemType = []string{"application/problem+json"}
+	noStore     = []string{"no-store"}
+)
 
 // probKey answers a refused Idempotency-Key; err's text was written for
 // clients (see keyError).
@@ -81,9 +89,9 @@ func probNotReplayable(original int) rendered {
 // positive.
 func writeProblem(w http.ResponseWriter, p rendered, retryAfter int) {
 	h := w.Header()
-	h["Content-Type"] = []string{"application/problem+json"}
-	h["Content-Length"] = []string{strconv.Itoa(len(p.body))}
-	h["Cache-Control"] = []string{"no-store"}
+	h["Content-Type"] = problemType
+	h["Content-Length"] = p.length
+	h["Cache-Control"] = noStore
 	if retryAfter > 0 {
 		h["Retry-After"] = []string{strconv.Itoa(retryAfter)}
 	}

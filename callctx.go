@@ -1,0 +1,91 @@
+package idem
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// callCtx is the context of one store call: the values of the request's
+// context, none of its cancellation (a client that hangs up must not stop a
+// response from being recorded), and a deadline of its own.
+//
+// It does what context.WithTimeout(context.WithoutCancel(ctx), d) does, in
+// one allocation: its Done channel and timer are made only when a store asks
+// for Done. Stores that only look at Err and Deadline (memstore, and
+// go-redis for its socket deadlines) then cost no timer.
+type callCtx struct {
+	parent   context.Context
+	deadline time.Time
+
+	mu    sync.Mutex
+	done  chan struct{}
+	timer *time.Timer
+	err   error
+}
+
+func newCallCtx(parent context.Context, timeout time.Duration) *callCtx {
+	return &callCtx{parent: parent, deadline: time.Now().Add(timeout)}
+}
+
+func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c *callCtx) Value(key any) any { return c.parent.Value(key) }
+
+func (c *callCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.err == nil {
+			if d := time.Until(c.deadline); d > 0 {
+				c.timer = time.AfterFunc(d, c.expire)
+				return c.done
+			}
+			c.err = context.DeadlineExceeded
+		}
+		close(c.done)
+	}
+	return c.done
+}
+
+func (c *callCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil && !time.Now().Before(c.deadline) {
+		c.end(context.DeadlineExceeded)
+	}
+	return c.err
+}
+
+func (c *callCtx) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.end(context.DeadlineExceeded)
+	}
+}
+
+// cancel ends the call's context, as a CancelFunc would; the caller calls
+// it when the store call has returned.
+func (c *callCtx) cancel() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if c.err == nil {
+		c.end(context.Canceled)
+	}
+}
+
+// end sets err and closes done if it was made. c.mu must be held and err
+// unset.
+func (c *callCtx) end(err error) {
+	c.err = err
+	if c.done != nil {
+		close(c.done)
+	}
+}
+
+func (c *callCtx) String() string { return "idem.storeCall" }
