@@ -113,7 +113,7 @@ func TestWithPrefix(t *testing.T) {
 }
 
 // Durations become whole milliseconds, rounded up: a lease is never 0 ms
-// (which Redis would take as "expire now").
+// (which Redis would take as "expire now"), and zero or less counts as 1 ms.
 func TestMillisecondsRoundUp(t *testing.T) {
 	m, c := newMini(t)
 	st := redisstore.New(c)
@@ -122,6 +122,8 @@ func TestMillisecondsRoundUp(t *testing.T) {
 		lease time.Duration
 		want  time.Duration
 	}{
+		{-time.Second, time.Millisecond},
+		{0, time.Millisecond},
 		{time.Nanosecond, time.Millisecond},
 		{999 * time.Microsecond, time.Millisecond},
 		{time.Millisecond, time.Millisecond},
@@ -178,6 +180,24 @@ func TestReadsFormatVersion1(t *testing.T) {
 	}
 	if err := st.Complete(ctx, "busy", "owner", []byte("r"), time.Hour); err != nil {
 		t.Fatalf("owner's Complete of a v1 record: %v", err)
+	}
+
+	// Fencing looks at the state, not only at the token: a completed record
+	// that still names its owner (this release removes t on Complete) is not
+	// the owner's any more.
+	m.HSet("idem:done-tok", "v", "1", "s", "2", "t", "owner", "f", "fp", "r", "first")
+	m.SetTTL("idem:done-tok", time.Hour)
+	for name, err := range map[string]error{
+		"Complete": st.Complete(ctx, "done-tok", "owner", []byte("second"), time.Hour),
+		"Renew":    st.Renew(ctx, "done-tok", "owner", time.Millisecond),
+		"Release":  st.Release(ctx, "done-tok", "owner"),
+	} {
+		if !errors.Is(err, idem.ErrLockLost) {
+			t.Errorf("%s of a completed record by its former owner: %v, want ErrLockLost", name, err)
+		}
+	}
+	if r := m.HGet("idem:done-tok", "r"); r != "first" || m.TTL("idem:done-tok") != time.Hour {
+		t.Errorf("completed record changed: r=%q ttl=%v", r, m.TTL("idem:done-tok"))
 	}
 }
 

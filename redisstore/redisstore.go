@@ -164,8 +164,10 @@ func (s *Store) Load(ctx context.Context) error {
 	return nil
 }
 
-// millis converts d to whole milliseconds, rounding up, and at least 1, so
-// that a short positive duration never becomes a 0 ms (already expired) TTL.
+// millis converts d to whole milliseconds for PEXPIRE, rounding up, and at
+// least 1: a short duration never becomes a 0 ms TTL, which Redis would take
+// as "delete now". (The Store contract leaves durations of zero or less
+// undefined; they count as 1 ms here.)
 func millis(d time.Duration) int64 {
 	ms := int64((d + time.Millisecond - 1) / time.Millisecond)
 	if ms < 1 {
@@ -176,9 +178,6 @@ func millis(d time.Duration) int64 {
 
 // Claim implements idem.Store.
 func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease time.Duration) (*idem.Record, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("redisstore: claim: %w", err)
-	}
 	res, err := claimScript.Run(ctx, s.client, []string{s.prefix + key}, token, fingerprint, millis(lease)).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
@@ -242,25 +241,16 @@ func bulk(v interface{}) (string, bool) {
 
 // Complete implements idem.Store.
 func (s *Store) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("redisstore: complete: %w", err)
-	}
 	return fenced("complete", completeScript.Run(ctx, s.client, []string{s.prefix + key}, token, result, millis(ttl)))
 }
 
 // Release implements idem.Store.
 func (s *Store) Release(ctx context.Context, key, token string) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("redisstore: release: %w", err)
-	}
 	return fenced("release", releaseScript.Run(ctx, s.client, []string{s.prefix + key}, token))
 }
 
 // Renew implements idem.Store.
 func (s *Store) Renew(ctx context.Context, key, token string, lease time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("redisstore: renew: %w", err)
-	}
 	return fenced("renew", renewScript.Run(ctx, s.client, []string{s.prefix + key}, token, millis(lease)))
 }
 
