@@ -14,6 +14,10 @@
 //	f  request fingerprint
 //	r  result bytes, once completed
 //
+// In a Redis Cluster the slot of a record follows the usual hash tag rule:
+// a key holding "{…}" is placed by the text between the first braces, so
+// records spread over the masters unless the prefix or the keys carry a tag.
+//
 // An in-progress record expires when its lease runs out and a completed one
 // when its retention TTL runs out; both are plain Redis TTLs (PEXPIRE, in
 // milliseconds, rounded up so that a lease is never 0 ms), so nothing has to
