@@ -403,7 +403,7 @@ func TestBackendFailure(t *testing.T) {
 		for _, op := range ops {
 			t.Run(f.name+"/"+op.name, func(t *testing.T) {
 				m := miniredis.RunT(t)
-				c := redis.NewClient(&redis.Options{Addr: m.Addr(), MaxRetries: 1})
+				c := redis.NewClient(&redis.Options{Addr: m.Addr(), MaxRetries: 1, DialerRetries: 1})
 				defer c.Close()
 				st := redisstore.New(c)
 				if _, err := st.Claim(ctx, "owned", "tok", "fp", time.Minute); err != nil {
