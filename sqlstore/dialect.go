@@ -1,0 +1,333 @@
+package sqlstore
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Dialect names the SQL database a Store talks to. Every statement of a
+// dialect lives in this file.
+type Dialect uint8
+
+const (
+	// Postgres is PostgreSQL 11 or later, through any database/sql driver
+	// that takes $1 placeholders (for example github.com/jackc/pgx/v5/stdlib,
+	// driver name "pgx").
+	Postgres Dialect = 1
+	// SQLite is SQLite 3.35 or later (for UPSERT … RETURNING), through any
+	// database/sql driver (for example modernc.org/sqlite, driver name
+	// "sqlite"). See SQLiteDSN for the connection settings it needs.
+	SQLite Dialect = 2
+)
+
+// String returns "postgres", "sqlite" or "Dialect(N)".
+func (d Dialect) String() string {
+	switch d {
+	case Postgres:
+		return "postgres"
+	case SQLite:
+		return "sqlite"
+	}
+	return fmt.Sprintf("Dialect(%d)", uint8(d))
+}
+
+// Schema returns the statements that Migrate runs for a table named table
+// (DefaultTable unless WithTable says otherwise), separated by semicolons:
+// the DDL to give a database administrator who creates the table by hand.
+// It fails for an unknown dialect or a name that WithTable would refuse.
+func (d Dialect) Schema(table string) (string, error) {
+	q, err := d.queries(table)
+	if err != nil {
+		return "", err
+	}
+	return strings.Join(q.schema, ";\n\n") + ";\n", nil
+}
+
+// SQLiteDSN returns a modernc.org/sqlite data source name (driver name
+// "sqlite") for the database file at path, with the settings sqlstore needs
+// for concurrent use:
+//
+//	file:PATH?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_txlock=immediate
+//
+// busy_timeout makes a connection wait up to 5 s for another writer
+// instead of failing at once with "database is locked"; WAL lets readers
+// and one writer work at the same time and is kept in the file; _txlock
+// makes transactions (Migrate, and yours around CompleteTx) take the write
+// lock when they begin, so they never fail half way when another writer
+// got in first. The characters % ? and # in path are escaped.
+//
+// With github.com/mattn/go-sqlite3 (driver name "sqlite3") the same
+// settings read file:PATH?_busy_timeout=5000&_journal_mode=WAL&_txlock=immediate.
+func SQLiteDSN(path string) string {
+	path = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23").Replace(path)
+	return "file:" + path + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_txlock=immediate"
+}
+
+// queries holds the statements of one dialect for one table.
+//
+// Every statement that reads a record returns the same columns, in this
+// order: won (whether this call claimed the key), version, state, token,
+// fingerprint, left (what remains of the record's life, in unit), result.
+type queries struct {
+	schema []string
+	// lockKey is the argument of the advisory lock Migrate takes (PostgreSQL
+	// only), so that two processes migrating at once do not collide.
+	lockKey string
+	lock    string
+	// unit is the unit of durations passed to and returned by the
+	// statements.
+	unit time.Duration
+
+	claim  string // $1 key, $2 token, $3 fingerprint, $4 lease
+	read   string // $1 key: the live record, with won false
+	finish string // $1 key, $2 token, $3 result, $4 ttl: Complete
+	renew  string // $1 key, $2 token, $3 lease
+	delete string // $1 key, $2 token: Release
+	sweep  string // $1 limit (see noLimit)
+
+	noLimit any // the limit argument of sweep that means "no limit"
+}
+
+// DefaultTable is the table a Store uses unless WithTable says otherwise.
+const DefaultTable = "idem_keys"
+
+// Values of the state column (the values of idem.State) and of the version
+// column.
+const (
+	stateInProgress = 1
+	stateCompleted  = 2
+	formatVersion   = 1
+)
+
+// fenced is the condition under which Complete, Release and Renew act: the
+// record is in progress, of this format version, owned by the caller's token
+// and its lease has not run out.
+const fenced = `key = {p1} AND token = {p2} AND state = 1 AND version = 1 AND expires_at > {now}`
+
+// PostgreSQL. Times are timestamptz taken from the server's clock; clock_timestamp()
+// rather than now() so that a statement inside a long transaction
+// (CompleteTx) judges leases by the time it runs. Durations are in
+// microseconds.
+//
+// Claim is one statement. upd takes over an expired record; ins (which runs
+// only if upd did not, since it reads upd) inserts a new one, doing nothing
+// if the key exists, so that a live record is neither written nor locked. If
+// neither did anything the key is taken and the last SELECT returns the
+// record. That SELECT reads the statement's snapshot, which under READ
+// COMMITTED may not show a record that a concurrent transaction committed
+// while ins waited for it, or may show an expired version that a concurrent
+// Claim has just taken over: the Store then reads again (see Claim).
+var postgres = map[string]string{
+	"table": `CREATE TABLE IF NOT EXISTS {table} (
+    key         bytea       PRIMARY KEY,  -- the idempotency key (scope|key), byte for byte
+    state       smallint    NOT NULL,     -- 1 in progress, 2 completed
+    version     smallint    NOT NULL,     -- record format version, 1
+    token       bytea       NOT NULL,     -- owner token while in progress, empty once completed
+    fingerprint bytea       NOT NULL,     -- request fingerprint
+    expires_at  timestamptz NOT NULL,     -- lease end (in progress) or retention end (completed)
+    created_at  timestamptz NOT NULL,     -- when the current owner claimed the key
+    result      bytea                     -- stored result once completed, else NULL
+)`,
+	"index": `CREATE INDEX IF NOT EXISTS {index} ON {table} (expires_at)`,
+	"lock":  `SELECT pg_advisory_xact_lock(hashtext($1))`,
+	"claim": `WITH upd AS (
+    UPDATE {table}
+    SET state = 1, version = 1, token = $2, fingerprint = $3,
+        expires_at = clock_timestamp() + interval '1 microsecond' * $4::float8,
+        created_at = clock_timestamp(), result = NULL
+    WHERE key = $1 AND expires_at <= clock_timestamp()
+    RETURNING 1
+), ins AS (
+    INSERT INTO {table} (key, state, version, token, fingerprint, expires_at, created_at, result)
+    SELECT $1, 1, 1, $2, $3, clock_timestamp() + interval '1 microsecond' * $4::float8, clock_timestamp(), NULL
+    WHERE NOT EXISTS (SELECT 1 FROM upd)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING 1
+), won AS (
+    SELECT 1 FROM upd UNION ALL SELECT 1 FROM ins
+)
+SELECT true, 0::smallint, 0::smallint, ''::bytea, ''::bytea, 0::bigint, NULL::bytea FROM won
+UNION ALL
+SELECT false, version, state, token, fingerprint,
+       (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint, result
+FROM {table} WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM won)`,
+	"read": `SELECT false, version, state, token, fingerprint,
+       (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint, result
+FROM {table} WHERE key = $1 AND expires_at > clock_timestamp()`,
+	"finish": `UPDATE {table}
+SET state = 2, token = ''::bytea, result = $3,
+    expires_at = clock_timestamp() + interval '1 microsecond' * $4::float8
+WHERE ` + fenced,
+	"renew": `UPDATE {table}
+SET expires_at = clock_timestamp() + interval '1 microsecond' * $3::float8
+WHERE ` + fenced,
+	"delete": `DELETE FROM {table} WHERE ` + fenced,
+	// The rows are picked through the expires_at index, locked so that a
+	// concurrent takeover waits (and rows another sweeper holds are
+	// skipped), and checked again as they are deleted.
+	"sweep": `DELETE FROM {table}
+WHERE key IN (
+    SELECT key FROM {table} WHERE expires_at <= now()
+    ORDER BY expires_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) AND expires_at <= now()`,
+}
+
+// sqliteNow is the current time in Unix milliseconds, from the clock of the
+// host running SQLite. SQLite gives one value of 'now' to a whole statement.
+const sqliteNow = `CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)`
+
+// SQLite. Times are INTEGER Unix milliseconds; durations are milliseconds.
+//
+// Claim is one statement: an UPSERT whose DO UPDATE takes over an expired
+// record and otherwise writes every column back unchanged, so that RETURNING
+// yields the record either way. It won exactly when the returned token is the
+// caller's: a live record keeps its own token, and the WHERE clause leaves
+// out the one case where that token equals the caller's (the row then comes
+// back empty and the Store reads it). SQLite runs one writer at a time, so
+// the statement sees the latest record.
+var sqlite = map[string]string{
+	"table": `CREATE TABLE IF NOT EXISTS {table} (
+    key         BLOB    NOT NULL PRIMARY KEY, -- the idempotency key (scope|key), byte for byte
+    state       INTEGER NOT NULL,             -- 1 in progress, 2 completed
+    version     INTEGER NOT NULL,             -- record format version, 1
+    token       BLOB    NOT NULL,             -- owner token while in progress, empty once completed
+    fingerprint BLOB    NOT NULL,             -- request fingerprint
+    expires_at  INTEGER NOT NULL,             -- Unix ms: lease end (in progress) or retention end (completed)
+    created_at  INTEGER NOT NULL,             -- Unix ms: when the current owner claimed the key
+    result      BLOB                          -- stored result once completed, else NULL; last, so that
+                                              -- reading the other columns never walks its overflow pages
+)`,
+	"index": `CREATE INDEX IF NOT EXISTS {index} ON {tablename} (expires_at)`,
+	"claim": `INSERT INTO {table} AS t (key, state, version, token, fingerprint, expires_at, created_at, result)
+VALUES (?1, 1, 1, ?2, ?3, {now} + ?4, {now}, NULL)
+ON CONFLICT (key) DO UPDATE SET
+    state       = CASE WHEN t.expires_at <= {now} THEN excluded.state       ELSE t.state       END,
+    version     = CASE WHEN t.expires_at <= {now} THEN excluded.version     ELSE t.version     END,
+    token       = CASE WHEN t.expires_at <= {now} THEN excluded.token       ELSE t.token       END,
+    fingerprint = CASE WHEN t.expires_at <= {now} THEN excluded.fingerprint ELSE t.fingerprint END,
+    expires_at  = CASE WHEN t.expires_at <= {now} THEN excluded.expires_at  ELSE t.expires_at  END,
+    created_at  = CASE WHEN t.expires_at <= {now} THEN excluded.created_at  ELSE t.created_at  END,
+    result      = CASE WHEN t.expires_at <= {now} THEN NULL                 ELSE t.result      END
+WHERE t.expires_at <= {now} OR t.token <> excluded.token
+RETURNING token = ?2, version, state, token, fingerprint, expires_at - {now}, result`,
+	"read": `SELECT 0, version, state, token, fingerprint, expires_at - {now}, result
+FROM {table} WHERE key = ?1 AND expires_at > {now}`,
+	"finish": `UPDATE {table}
+SET state = 2, token = X'', result = ?3, expires_at = {now} + ?4
+WHERE ` + fenced,
+	"renew":  `UPDATE {table} SET expires_at = {now} + ?3 WHERE ` + fenced,
+	"delete": `DELETE FROM {table} WHERE ` + fenced,
+	"sweep": `DELETE FROM {table}
+WHERE rowid IN (
+    SELECT rowid FROM {table} WHERE expires_at <= {now}
+    ORDER BY expires_at LIMIT ?1
+)`,
+}
+
+// queries returns the statements of d for table, or an error if d is
+// unknown or table is not a valid name.
+func (d Dialect) queries(table string) (*queries, error) {
+	schemaName, name, err := parseTable(table)
+	if err != nil {
+		return nil, err
+	}
+	qualified := quoteIdent(name)
+	if schemaName != "" {
+		qualified = quoteIdent(schemaName) + "." + qualified
+	}
+	index := name + "_expires_at_idx"
+	switch d {
+	case Postgres:
+		r := strings.NewReplacer(
+			"{table}", qualified,
+			"{index}", quoteIdent(index),
+			"{now}", "clock_timestamp()",
+			"{p1}", "$1", "{p2}", "$2",
+		)
+		p := func(k string) string { return r.Replace(postgres[k]) }
+		return &queries{
+			schema:  []string{p("table"), p("index")},
+			lock:    p("lock"),
+			lockKey: "idem sqlstore migrate " + qualified,
+			unit:    time.Microsecond,
+			claim:   p("claim"),
+			read:    p("read"),
+			finish:  p("finish"),
+			renew:   p("renew"),
+			delete:  p("delete"),
+			sweep:   p("sweep"),
+			noLimit: nil, // LIMIT NULL
+		}, nil
+	case SQLite:
+		// SQLite puts the schema on the index name and wants the table
+		// unqualified in CREATE INDEX.
+		qindex := quoteIdent(index)
+		if schemaName != "" {
+			qindex = quoteIdent(schemaName) + "." + qindex
+		}
+		r := strings.NewReplacer(
+			"{table}", qualified,
+			"{tablename}", quoteIdent(name),
+			"{index}", qindex,
+			"{now}", sqliteNow,
+			"{p1}", "?1", "{p2}", "?2",
+		)
+		p := func(k string) string { return r.Replace(sqlite[k]) }
+		return &queries{
+			schema:  []string{p("table"), p("index")},
+			unit:    time.Millisecond,
+			claim:   p("claim"),
+			read:    p("read"),
+			finish:  p("finish"),
+			renew:   p("renew"),
+			delete:  p("delete"),
+			sweep:   p("sweep"),
+			noLimit: int64(-1), // LIMIT -1
+		}, nil
+	}
+	return nil, fmt.Errorf("sqlstore: unknown dialect %v", d)
+}
+
+// maxIdent is PostgreSQL's limit on identifier length, applied to both
+// dialects so that a name works everywhere.
+const maxIdent = 63
+
+// parseTable splits a table name, "table" or "schema.table", into its
+// parts. Each part is an ASCII letter or underscore followed by letters,
+// digits and underscores, at most 63 of them.
+func parseTable(table string) (schemaName, name string, err error) {
+	name = table
+	if i := strings.IndexByte(table, '.'); i >= 0 {
+		schemaName, name = table[:i], table[i+1:]
+		if !isIdent(schemaName) {
+			return "", "", fmt.Errorf("sqlstore: invalid table name %q: the schema part must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*, at most %d characters)", table, maxIdent)
+		}
+	}
+	if !isIdent(name) {
+		return "", "", fmt.Errorf("sqlstore: invalid table name %q: want a plain identifier ([A-Za-z_][A-Za-z0-9_]*, at most %d characters), optionally schema-qualified", table, maxIdent)
+	}
+	return schemaName, name, nil
+}
+
+func isIdent(s string) bool {
+	if s == "" || len(s) > maxIdent {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '_', 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case '0' <= c && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// quoteIdent quotes a name checked by isIdent, so that names that are
+// keywords ("order", "user") work too. Both dialects quote with double
+// quotes; a quoted name keeps its case.
+func quoteIdent(s string) string { return `"` + s + `"` }

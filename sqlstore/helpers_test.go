@@ -1,0 +1,289 @@
+package sqlstore_test
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+	_ "modernc.org/sqlite"
+
+	"github.com/idemgo/idem/sqlstore"
+)
+
+// backend is one database the tests run against.
+type backend struct {
+	name    string
+	dialect sqlstore.Dialect
+	// dsn returns the data source name of a database for t (skipping t if
+	// there is none).
+	dsn    func(t testing.TB) string
+	driver string
+}
+
+var backends = []backend{
+	{name: "SQLite", dialect: sqlstore.SQLite, dsn: sqliteDSN, driver: "sqlite"},
+	{name: "Postgres", dialect: sqlstore.Postgres, dsn: postgresDSN, driver: "pgx"},
+}
+
+// forEach runs fn as a sub-test per backend.
+func forEach(t *testing.T, fn func(t *testing.T, b backend)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { fn(t, b) })
+	}
+}
+
+// sqliteDSN returns the DSN of a fresh SQLite file in t's temporary
+// directory.
+func sqliteDSN(t testing.TB) string {
+	return sqlstore.SQLiteDSN(filepath.Join(t.TempDir(), "idem.db"))
+}
+
+// postgresDSN returns the DSN of the PostgreSQL server scripts/test.sh
+// starts. Without one, t is skipped, or fails in CI.
+func postgresDSN(t testing.TB) string {
+	dsn := os.Getenv("IDEM_POSTGRES_DSN")
+	if dsn == "" {
+		const msg = "IDEM_POSTGRES_DSN not set: run ./scripts/test.sh"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return dsn
+}
+
+// open opens the database named by dsn and closes it when t ends.
+func (b backend) open(t testing.TB, dsn string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open(b.driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxIdleConns(64) // keep the connections of a burst of goroutines
+	if err := db.PingContext(testCtx(t)); err != nil {
+		t.Fatalf("%s: %v", b.name, err)
+	}
+	return db
+}
+
+// table returns a table name no other test or run uses, and drops the table
+// when t ends.
+func table(t testing.TB, db *sql.DB) string {
+	var r [6]byte
+	rand.Read(r[:])
+	name := "idem_test_" + hex.EncodeToString(r[:])
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS `+name); err != nil {
+			t.Errorf("drop %s: %v", name, err)
+		}
+	})
+	return name
+}
+
+// newStore returns a store on db over table (not migrated), closed when t
+// ends.
+func newStore(t testing.TB, db *sql.DB, d sqlstore.Dialect, table string, opts ...sqlstore.Option) *sqlstore.Store {
+	t.Helper()
+	s, err := sqlstore.New(db, d, append([]sqlstore.Option{sqlstore.WithTable(table)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// fixture is a migrated store on a fresh table of backend b.
+type fixture struct {
+	db    *sql.DB
+	table string
+	store *sqlstore.Store
+}
+
+func (b backend) fixture(t testing.TB, opts ...sqlstore.Option) fixture {
+	t.Helper()
+	db := b.open(t, b.dsn(t))
+	tbl := table(t, db)
+	s := newStore(t, db, b.dialect, tbl, opts...)
+	if err := s.Migrate(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	return fixture{db: db, table: tbl, store: s}
+}
+
+// ph returns the n-th placeholder of d.
+func ph(d sqlstore.Dialect, n int) string {
+	if d == sqlstore.Postgres {
+		return "$" + string(rune('0'+n))
+	}
+	return "?" + string(rune('0'+n))
+}
+
+// rows counts the rows of f's table.
+func (f fixture) rows(t testing.TB) int {
+	t.Helper()
+	var n int
+	if err := f.db.QueryRowContext(testCtx(t), `SELECT count(*) FROM `+f.table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// countingConnector opens connections that count the statements they run:
+// every Exec and Query, whether sent directly or through a prepared
+// statement.
+type countingConnector struct {
+	driver.Connector
+	stmts atomic.Int64
+}
+
+// openCounting opens dsn through a countingConnector.
+func (b backend) openCounting(t testing.TB, dsn string) (*sql.DB, *countingConnector) {
+	t.Helper()
+	plain, err := sql.Open(b.driver, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drv := plain.Driver()
+	plain.Close()
+	var inner driver.Connector
+	if dc, ok := drv.(driver.DriverContext); ok {
+		if inner, err = dc.OpenConnector(dsn); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		inner = dsnConnector{drv: drv, dsn: dsn}
+	}
+	c := &countingConnector{Connector: inner}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return db, c
+}
+
+func (c *countingConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := c.Connector.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: conn, n: &c.stmts}, nil
+}
+
+type dsnConnector struct {
+	drv driver.Driver
+	dsn string
+}
+
+func (c dsnConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
+func (c dsnConnector) Driver() driver.Driver                        { return c.drv }
+
+type countingConn struct {
+	driver.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	q, ok := c.Conn.(driver.QueryerContext)
+	if !ok {
+		return nil, driver.ErrSkip
+	}
+	c.n.Add(1)
+	return q.QueryContext(ctx, query, args)
+}
+
+func (c *countingConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	e, ok := c.Conn.(driver.ExecerContext)
+	if !ok {
+		return nil, driver.ErrSkip
+	}
+	c.n.Add(1)
+	return e.ExecContext(ctx, query, args)
+}
+
+func (c *countingConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	var (
+		st  driver.Stmt
+		err error
+	)
+	if p, ok := c.Conn.(driver.ConnPrepareContext); ok {
+		st, err = p.PrepareContext(ctx, query)
+	} else {
+		st, err = c.Conn.Prepare(query)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &countingStmt{Stmt: st, n: c.n}, nil
+}
+
+func (c *countingConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if b, ok := c.Conn.(driver.ConnBeginTx); ok {
+		return b.BeginTx(ctx, opts)
+	}
+	return c.Conn.Begin() //nolint:staticcheck // fallback for old drivers
+}
+
+func (c *countingConn) CheckNamedValue(v *driver.NamedValue) error {
+	if ch, ok := c.Conn.(driver.NamedValueChecker); ok {
+		return ch.CheckNamedValue(v)
+	}
+	return driver.ErrSkip
+}
+
+func (c *countingConn) ResetSession(ctx context.Context) error {
+	if r, ok := c.Conn.(driver.SessionResetter); ok {
+		return r.ResetSession(ctx)
+	}
+	return nil
+}
+
+func (c *countingConn) IsValid() bool {
+	if v, ok := c.Conn.(driver.Validator); ok {
+		return v.IsValid()
+	}
+	return true
+}
+
+func (c *countingConn) Ping(ctx context.Context) error {
+	if p, ok := c.Conn.(driver.Pinger); ok {
+		return p.Ping(ctx)
+	}
+	return nil
+}
+
+type countingStmt struct {
+	driver.Stmt
+	n *atomic.Int64
+}
+
+func (s *countingStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	s.n.Add(1)
+	if e, ok := s.Stmt.(driver.StmtExecContext); ok {
+		return e.ExecContext(ctx, args)
+	}
+	return nil, errors.New("countingStmt: the driver's statement lacks ExecContext")
+}
+
+func (s *countingStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	s.n.Add(1)
+	if q, ok := s.Stmt.(driver.StmtQueryContext); ok {
+		return q.QueryContext(ctx, args)
+	}
+	return nil, errors.New("countingStmt: the driver's statement lacks QueryContext")
+}
