@@ -1,0 +1,370 @@
+// Package reliability_test holds fault tests of the idem middleware against
+// real servers: Redis (and PostgreSQL once its store exists) reached through
+// a fault-injecting TCP proxy (Shopify's toxiproxy, run in-process), and
+// throwaway redis-server processes that the tests stop, kill and restart.
+//
+// The servers come from ./scripts/test.sh (IDEM_REDIS_ADDR,
+// IDEM_POSTGRES_DSN, IDEM_REDIS_SERVER). Without them a test is skipped
+// locally and fails under CI=true.
+package reliability_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/redisstore"
+)
+
+// serverEnv returns the value of env, naming a server of ./scripts/test.sh.
+// When it is unset the test fails under CI=true and is skipped elsewhere.
+func serverEnv(t testing.TB, env, what string) string {
+	t.Helper()
+	v := os.Getenv(env)
+	if v == "" {
+		msg := fmt.Sprintf("%s not set: this test needs %s; run ./scripts/test.sh", env, what)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return v
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newRedisClient connects to addr. ContextTimeoutEnabled makes go-redis
+// honour the deadline of the context of each call, which is how
+// idem.WithStoreTimeout bounds a store call; without it a call to a server
+// that stopped answering lasts go-redis's ReadTimeout (3s by default)
+// whatever the context says.
+func newRedisClient(t testing.TB, addr string) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// newRedisStore returns a store over c whose keys are under a prefix of
+// their own, so that runs and tests sharing one server never meet.
+func newRedisStore(c redis.UniversalClient) *redisstore.Store {
+	return redisstore.New(c, redisstore.WithPrefix("idem-rel:"+randomHex(4)+":"))
+}
+
+// --- the fault-injecting proxy ------------------------------------------------
+
+// faultProxy is a toxiproxy proxy in front of one upstream server.
+type faultProxy struct {
+	p *toxiproxy.Proxy
+}
+
+var (
+	toxiOnce   sync.Once
+	toxiServer *toxiproxy.ApiServer
+)
+
+// newProxy starts a proxy on a free loopback port in front of upstream and
+// stops it at the end of the test.
+func newProxy(t testing.TB, upstream string) *faultProxy {
+	t.Helper()
+	toxiOnce.Do(func() {
+		toxiServer = toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	})
+	p := toxiproxy.NewProxy(toxiServer, "idem-"+randomHex(4), "127.0.0.1:0", upstream)
+	if err := p.Start(); err != nil {
+		t.Fatalf("starting the proxy to %s: %v", upstream, err)
+	}
+	t.Cleanup(p.Stop)
+	return &faultProxy{p: p}
+}
+
+// Addr is where clients connect.
+func (f *faultProxy) Addr() string { return f.p.Listen }
+
+// add adds a toxic. stream is "upstream" (client to server) or
+// "downstream" (server to client). It may be called from any goroutine.
+func (f *faultProxy) add(name, typ, stream string, attrs map[string]int) error {
+	b, err := json.Marshal(map[string]any{"name": name, "type": typ, "stream": stream, "toxicity": 1.0, "attributes": attrs})
+	if err != nil {
+		return err
+	}
+	_, err = f.p.Toxics.AddToxicJson(strings.NewReader(string(b)))
+	return err
+}
+
+func (f *faultProxy) mustAdd(t testing.TB, name, typ, stream string, attrs map[string]int) {
+	t.Helper()
+	if err := f.add(name, typ, stream, attrs); err != nil {
+		t.Fatalf("adding toxic %s: %v", name, err)
+	}
+}
+
+func (f *faultProxy) remove(name string) error {
+	return f.p.Toxics.RemoveToxic(context.Background(), name)
+}
+
+func (f *faultProxy) mustRemove(t testing.TB, name string) {
+	t.Helper()
+	if err := f.remove(name); err != nil {
+		t.Fatalf("removing toxic %s: %v", name, err)
+	}
+}
+
+// The faults the tests inject.
+const (
+	faultLatency   = "latency"   // every reply delayed past the store timeout
+	faultBlackhole = "blackhole" // requests dropped, connections kept open
+	faultReset     = "reset"     // every connection cut at its next request
+	faultReplyLost = "replylost" // requests reach the server, replies are cut
+	faultDown      = "down"      // proxy stopped: connections closed, new ones refused
+)
+
+// set turns fault on. Only one fault at a time is on.
+func (f *faultProxy) set(fault string, storeTimeout time.Duration) error {
+	switch fault {
+	case faultLatency:
+		return f.add(fault, "latency", "downstream", map[string]int{"latency": int(5 * storeTimeout / time.Millisecond)})
+	case faultBlackhole:
+		return f.add(fault, "timeout", "upstream", map[string]int{"timeout": 0})
+	case faultReset:
+		return f.add(fault, "reset_peer", "upstream", map[string]int{"timeout": 0})
+	case faultReplyLost:
+		return f.add(fault, "reset_peer", "downstream", map[string]int{"timeout": 0})
+	case faultDown:
+		f.p.Stop()
+		return nil
+	}
+	return fmt.Errorf("unknown fault %q", fault)
+}
+
+// clear turns fault off.
+func (f *faultProxy) clear(fault string) error {
+	if fault == faultDown {
+		return f.p.Start()
+	}
+	return f.remove(fault)
+}
+
+// --- the service under test -----------------------------------------------------
+
+// app is an HTTP server whose POST handler is protected by idem and counts
+// its runs per key. Each run answers 201 with a body unique to that run, so
+// that a replay can be told from a second run.
+type app struct {
+	t   testing.TB
+	srv *httptest.Server
+
+	mu     sync.Mutex
+	runs   map[string]int
+	events []idem.Event
+	// during, if set for a key, runs inside the handler before it answers.
+	during map[string]func() int
+}
+
+func newApp(t testing.TB, store idem.Store, opts ...idem.Option) *app {
+	a := &app{t: t, runs: map[string]int{}, during: map[string]func() int{}}
+	opts = append([]idem.Option{idem.WithHook(func(ev idem.Event) {
+		ev.Request = nil
+		a.mu.Lock()
+		a.events = append(a.events, ev)
+		a.mu.Unlock()
+	})}, opts...)
+	mw, err := idem.NewMiddleware(store, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.srv = httptest.NewServer(mw.Handler(http.HandlerFunc(a.handle)))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+func (a *app) handle(w http.ResponseWriter, r *http.Request) {
+	key, _ := idem.KeyFromContext(r.Context())
+	body, _ := io.ReadAll(r.Body)
+	a.mu.Lock()
+	a.runs[key]++
+	run := a.runs[key]
+	during := a.during[key]
+	a.mu.Unlock()
+	status := http.StatusCreated
+	if during != nil {
+		if s := during(); s != 0 {
+			status = s
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"key":%q,"run":%d,"nonce":%q,"request":%q}`+"\n", key, run, randomHex(8), body)
+}
+
+// onRun sets what the handler does for key before it answers; f returns
+// the status to answer, or 0 for 201.
+func (a *app) onRun(key string, f func() int) {
+	a.mu.Lock()
+	a.during[key] = f
+	a.mu.Unlock()
+}
+
+func (a *app) runsOf(key string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.runs[key]
+}
+
+// outcomes returns the outcomes reported for key so far.
+func (a *app) outcomes(key string) []idem.Outcome {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []idem.Outcome
+	for _, ev := range a.events {
+		if ev.Key == key {
+			out = append(out, ev.Outcome)
+		}
+	}
+	return out
+}
+
+func (a *app) lastEvent(key string) (idem.Event, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := len(a.events) - 1; i >= 0; i-- {
+		if a.events[i].Key == key {
+			return a.events[i], true
+		}
+	}
+	return idem.Event{}, false
+}
+
+// reply is one answer of the app.
+type reply struct {
+	Status  int
+	Header  http.Header
+	Body    []byte
+	Elapsed time.Duration
+}
+
+var httpClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+// post sends POST / with key and body. It is safe to call from any
+// goroutine: it returns errors rather than failing the test.
+func (a *app) post(key, body string) (reply, error) {
+	req, err := http.NewRequest(http.MethodPost, a.srv.URL+"/", strings.NewReader(body))
+	if err != nil {
+		return reply{}, err
+	}
+	req.Header.Set("Idempotency-Key", key)
+	start := time.Now()
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return reply{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return reply{resp.StatusCode, resp.Header, b, time.Since(start)}, err
+}
+
+func (a *app) mustPost(key, body string) reply {
+	a.t.Helper()
+	r, err := a.post(key, body)
+	if err != nil {
+		a.t.Fatalf("POST key %s: %v", key, err)
+	}
+	return r
+}
+
+// problemType returns the name of the problem r carries (the part after
+// "#problem-" of its type), or an error when r is not a valid problem.
+func problemType(r reply) (string, error) {
+	if ct := r.Header.Get("Content-Type"); ct != "application/problem+json" {
+		return "", fmt.Errorf("%d with Content-Type %q, want application/problem+json: %s", r.Status, ct, r.Body)
+	}
+	var p struct {
+		Type   string `json:"type"`
+		Title  string `json:"title"`
+		Status int    `json:"status"`
+		Detail string `json:"detail"`
+	}
+	if err := json.Unmarshal(r.Body, &p); err != nil {
+		return "", fmt.Errorf("problem body %q: %v", r.Body, err)
+	}
+	if p.Status != r.Status || p.Title == "" || p.Detail == "" || !strings.HasPrefix(p.Type, idem.ProblemTypeBase) {
+		return "", fmt.Errorf("problem %+v sent with status %d", p, r.Status)
+	}
+	return strings.TrimPrefix(p.Type, idem.ProblemTypeBase), nil
+}
+
+// wantProblem fails unless r is the problem name with status.
+func wantProblem(t testing.TB, r reply, status int, name string) {
+	t.Helper()
+	got, err := problemType(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Status != status || got != name {
+		t.Fatalf("got %d problem %q, want %d %q: %s", r.Status, got, status, name, r.Body)
+	}
+}
+
+// retryAfter returns the Retry-After of r in seconds, or -1.
+func retryAfter(r reply) int {
+	n, err := strconv.Atoi(r.Header.Get("Retry-After"))
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// pollUntil calls f every interval until it returns true or the deadline
+// passes; it reports whether f returned true.
+func pollUntil(deadline time.Duration, interval time.Duration, f func() bool) bool {
+	end := time.Now().Add(deadline)
+	for {
+		if f() {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+		time.Sleep(interval)
+	}
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// quietLogger drops go-redis's own log lines ("failed to dial after 5
+// attempts"), which the faults provoke by design.
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...interface{}) {}
+
+func init() { redis.SetLogger(quietLogger{}) }
