@@ -78,9 +78,11 @@ type queries struct {
 	// unit is the unit of durations passed to and returned by the
 	// statements.
 	unit time.Duration
+	// readFirst makes Claim run read before claim.
+	readFirst bool
 
-	claim  string // $1 key, $2 token, $3 fingerprint, $4 lease
-	read   string // $1 key: the live record, with won false
+	claim  string // $1 key, $2 token, $3 fingerprint, $4 lease: won, or the record, or no row
+	read   string // $1 key: the live record, with won false, or no row
 	finish string // $1 key, $2 token, $3 result, $4 ttl: Complete
 	renew  string // $1 key, $2 token, $3 lease
 	delete string // $1 key, $2 token: Release
@@ -180,13 +182,16 @@ const sqliteNow = `CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)`
 
 // SQLite. Times are INTEGER Unix milliseconds; durations are milliseconds.
 //
-// Claim is one statement: an UPSERT whose DO UPDATE takes over an expired
-// record and otherwise writes every column back unchanged, so that RETURNING
-// yields the record either way. It won exactly when the returned token is the
-// caller's: a live record keeps its own token, and the WHERE clause leaves
-// out the one case where that token equals the caller's (the row then comes
-// back empty and the Store reads it). SQLite runs one writer at a time, so
-// the statement sees the latest record.
+// Claim reads first and writes only if the key is free, because SQLite
+// cannot return a row that an UPSERT left alone: one statement that always
+// returns the record has to rewrite it (and its index entry), turning every
+// replay into a write transaction, a WAL frame and, under
+// synchronous=FULL, an fsync. The read is a plain SELECT, which in WAL mode
+// neither waits for nor blocks the writer. The UPSERT then inserts the
+// record or takes over an expired one and returns a row exactly when it
+// did; if it returns none, a concurrent Claim won and the Store reads its
+// record. SQLite runs one writer at a time and a write statement sees the
+// latest data, so the UPSERT's decision is never stale.
 var sqlite = map[string]string{
 	"table": `CREATE TABLE IF NOT EXISTS {table} (
     key         BLOB    NOT NULL PRIMARY KEY, -- the idempotency key (scope|key), byte for byte
@@ -203,15 +208,11 @@ var sqlite = map[string]string{
 	"claim": `INSERT INTO {table} AS t (key, state, version, token, fingerprint, expires_at, created_at, result)
 VALUES (?1, 1, 1, ?2, ?3, {now} + ?4, {now}, NULL)
 ON CONFLICT (key) DO UPDATE SET
-    state       = CASE WHEN t.expires_at <= {now} THEN excluded.state       ELSE t.state       END,
-    version     = CASE WHEN t.expires_at <= {now} THEN excluded.version     ELSE t.version     END,
-    token       = CASE WHEN t.expires_at <= {now} THEN excluded.token       ELSE t.token       END,
-    fingerprint = CASE WHEN t.expires_at <= {now} THEN excluded.fingerprint ELSE t.fingerprint END,
-    expires_at  = CASE WHEN t.expires_at <= {now} THEN excluded.expires_at  ELSE t.expires_at  END,
-    created_at  = CASE WHEN t.expires_at <= {now} THEN excluded.created_at  ELSE t.created_at  END,
-    result      = CASE WHEN t.expires_at <= {now} THEN NULL                 ELSE t.result      END
-WHERE t.expires_at <= {now} OR t.token <> excluded.token
-RETURNING token = ?2, version, state, token, fingerprint, expires_at - {now}, result`,
+    state = excluded.state, version = excluded.version, token = excluded.token,
+    fingerprint = excluded.fingerprint, expires_at = excluded.expires_at,
+    created_at = excluded.created_at, result = NULL
+WHERE t.expires_at <= {now}
+RETURNING 1, 0, 0, X'', X'', 0, NULL`,
 	"read": `SELECT 0, version, state, token, fingerprint, expires_at - {now}, result
 FROM {table} WHERE key = ?1 AND expires_at > {now}`,
 	"finish": `UPDATE {table}
@@ -276,15 +277,16 @@ func (d Dialect) queries(table string) (*queries, error) {
 		)
 		p := func(k string) string { return r.Replace(sqlite[k]) }
 		return &queries{
-			schema:  []string{p("table"), p("index")},
-			unit:    time.Millisecond,
-			claim:   p("claim"),
-			read:    p("read"),
-			finish:  p("finish"),
-			renew:   p("renew"),
-			delete:  p("delete"),
-			sweep:   p("sweep"),
-			noLimit: int64(-1), // LIMIT -1
+			schema:    []string{p("table"), p("index")},
+			unit:      time.Millisecond,
+			readFirst: true,
+			claim:     p("claim"),
+			read:      p("read"),
+			finish:    p("finish"),
+			renew:     p("renew"),
+			delete:    p("delete"),
+			sweep:     p("sweep"),
+			noLimit:   int64(-1), // LIMIT -1
 		}, nil
 	}
 	return nil, fmt.Errorf("sqlstore: unknown dialect %v", d)

@@ -188,15 +188,28 @@ func (s *Store) DeleteExpired(ctx context.Context, limit int) (int64, error) {
 	return n, nil
 }
 
-// Claim implements idem.Store in one statement (see the package
-// documentation). It runs more only when the record of key changed while
-// that statement ran: on PostgreSQL, when a concurrent transaction committed
-// a record the statement's snapshot does not show; on SQLite, when the live
-// record is held by the very token given. It then reads the record as it
-// is now, and claims again if that record is gone too, at most 5 times.
+// Claim implements idem.Store. On PostgreSQL it runs one statement, which
+// reads a live record without writing or locking it; on SQLite a read, and
+// a write only when the key is free (see the package documentation). When
+// the record of key changes while Claim runs (a concurrent Claim commits
+// first, a record is released or expires), Claim reads the record as it is
+// now, and claims again if that record is gone too, at most 5 times.
 func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease time.Duration) (*idem.Record, error) {
 	k := []byte(key)
+	read := s.q.readFirst
 	for i := 0; i < maxAttempts; i++ {
+		if read {
+			_, rec, err := s.queryRecord(ctx, s.q.read, k)
+			if err != nil {
+				if retryable(err) && ctx.Err() == nil {
+					continue
+				}
+				return nil, fmt.Errorf("sqlstore: claim: %w", err)
+			}
+			if rec != nil {
+				return rec, nil
+			}
+		}
 		won, rec, err := s.queryRecord(ctx, s.q.claim, k, []byte(token), []byte(fingerprint), s.duration(lease))
 		if err != nil {
 			if retryable(err) && ctx.Err() == nil {
@@ -210,16 +223,7 @@ func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease
 		if rec != nil {
 			return rec, nil
 		}
-		_, rec, err = s.queryRecord(ctx, s.q.read, k)
-		if err != nil {
-			if retryable(err) && ctx.Err() == nil {
-				continue
-			}
-			return nil, fmt.Errorf("sqlstore: claim: %w", err)
-		}
-		if rec != nil {
-			return rec, nil
-		}
+		read = true
 	}
 	return nil, fmt.Errorf("sqlstore: claim: the record changed under %d attempts in a row; giving up", maxAttempts)
 }
