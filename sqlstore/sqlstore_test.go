@@ -635,3 +635,38 @@ func TestTinyLease(t *testing.T) {
 		}
 	})
 }
+
+// On SQLite a replay and a conflict are reads: they answer while another
+// connection holds the write lock, instead of waiting for it.
+func TestSQLiteReplayIsARead(t *testing.T) {
+	b := backends[0]
+	f := b.fixture(t)
+	ctx := testCtx(t)
+	if rec, err := f.store.Claim(ctx, "done", "owner", "fp", time.Minute); err != nil || rec != nil {
+		t.Fatalf("Claim: %v %v", rec, err)
+	}
+	if err := f.store.Complete(ctx, "done", "owner", []byte("r"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := f.store.Claim(ctx, "busy", "owner", "fp", time.Minute); err != nil || rec != nil {
+		t.Fatalf("Claim: %v %v", rec, err)
+	}
+	// A writer that holds the lock for the rest of the test.
+	tx, err := f.db.BeginTx(ctx, nil) // BEGIN IMMEDIATE (see SQLiteDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE `+f.table+`_side (x)`); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"done", "busy"} {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		start := time.Now()
+		rec, err := f.store.Claim(c, key, "other", "fp", time.Minute)
+		cancel()
+		if err != nil || rec == nil {
+			t.Fatalf("Claim(%s) while another connection writes: %v %v (after %v)", key, rec, err, time.Since(start))
+		}
+	}
+}
