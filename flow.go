@@ -174,7 +174,14 @@ func (e *engine) claim(ctx context.Context, key, fingerprint string) (string, *R
 func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) (*Record, error) {
 	sctx := e.storeCtx(ctx)
 	defer sctx.cancel()
-	return e.store.Claim(sctx, key, token, fingerprint, e.cfg.lockTTL)
+	rec, err := e.store.Claim(sctx, key, token, fingerprint, e.cfg.lockTTL)
+	if rec != nil && rec.State == StateInProgress && rec.Token == token {
+		// A store client that sent the claim again after losing the reply
+		// to the first one (go-redis retries, for one) finds the record that
+		// the first one made. Tokens are unique per claim: it is ours.
+		return nil, nil
+	}
+	return rec, err
 }
 
 // execute runs w as the owner of key, renewing the lease l while it runs.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -248,8 +249,10 @@ func TestRule2_5_Scope(t *testing.T) {
 	do(mw, "POST", "/", "b|c", "x", "Account", "a")
 	do(mw, "POST", "/", "c", "x", "Account", "a|b")
 	do(mw, "POST", "/", "25|c", "x", "Account", "a%")
-	if h.runs.Load() != 5 {
-		t.Fatalf("runs = %d, want 5: (a, b|c), (a|b, c) and (a%%, 25|c) are different keys", h.runs.Load())
+	do(mw, "POST", "/", "bc", "x", "Account", "a")
+	do(mw, "POST", "/", "c", "x", "Account", "ab")
+	if h.runs.Load() != 7 {
+		t.Fatalf("runs = %d, want 7: (a, b|c), (a|b, c), (a%%, 25|c), (a, bc) and (ab, c) are different keys", h.runs.Load())
 	}
 }
 
@@ -938,4 +941,55 @@ func TestInvalidOptions(t *testing.T) {
 		}
 	}()
 	idem.New(st, idem.WithTTL(-1))
+}
+
+// SPEC 7: outcomes are logged through log/slog when a logger is given,
+// store errors at Error without reaching the client.
+func TestRule7_Logging(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	mw := idem.New(st, idem.WithLogger(logger))(&payments{})
+	do(mw, "POST", "/pay", "k1", "a")
+	do(mw, "POST", "/pay", "k1", "a")
+	do(mw, "POST", "/pay", "k1", "b")
+	st.set(func(s *countingStore) { s.claimErr = errors.New("redis: connection pool timeout") })
+	do(mw, "POST", "/pay", "k2", "a")
+	out := buf.String()
+	for _, want := range []string{
+		"level=DEBUG msg=idempotency outcome=executed key=k1 status=201 stored=true method=POST path=/pay",
+		"level=DEBUG msg=idempotency outcome=replayed key=k1 status=201",
+		"level=INFO msg=idempotency outcome=mismatch key=k1 status=422",
+		`level=ERROR msg=idempotency outcome=store_error key=k2 status=503 error="redis: connection pool timeout"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// retryingStore sends every Claim twice, as a store client does that lost
+// the reply to the first attempt and retried, and answers with the second.
+type retryingStore struct{ idem.Store }
+
+func (s retryingStore) Claim(ctx context.Context, key, token, fp string, lease time.Duration) (*idem.Record, error) {
+	if _, err := s.Store.Claim(ctx, key, token, fp, lease); err != nil {
+		return nil, err
+	}
+	return s.Store.Claim(ctx, key, token, fp, lease)
+}
+
+// SPEC 4.1: a claim that a store client retried after losing its reply
+// still owns the key: the request runs, instead of meeting its own record
+// as a 409 until the lease ends.
+func TestRule4_1_RetriedClaimOwnsKey(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	mw := idem.New(retryingStore{st})(h)
+	if w := do(mw, "POST", "/", "k", ""); w.Code != 201 {
+		t.Fatalf("retried claim: %d %s", w.Code, w.Body)
+	}
+	if w := do(mw, "POST", "/", "k", ""); w.Header().Get("Idempotent-Replayed") != "true" || h.runs.Load() != 1 {
+		t.Fatalf("after a retried claim: %d, runs %d", w.Code, h.runs.Load())
+	}
 }
