@@ -71,9 +71,7 @@ func TestRule1_4_DoConcurrent(t *testing.T) {
 			results[i] = string(res)
 		}(i)
 	}
-	for st.claims.Load() < n+2 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "every worker to poll", func() bool { return st.claims.Load() >= n+2 })
 	close(release)
 	wg.Wait()
 	if err := <-first; err != nil {

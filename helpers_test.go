@@ -215,3 +215,16 @@ func (e *events) last() idem.Event {
 type atomicCounter struct{ n atomic.Int64 }
 
 func (c *atomicCounter) next() int64 { return c.n.Add(1) }
+
+// waitFor polls cond until it holds, failing the test after 10 seconds
+// instead of hanging.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s after 10s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

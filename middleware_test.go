@@ -423,9 +423,7 @@ func TestRule4_3_WaitMode(t *testing.T) {
 	second := make(chan *httptest.ResponseRecorder)
 	go func() { second <- do(mw, "POST", "/", "k", "x") }()
 	// Let the duplicate poll at least once before the first one finishes.
-	for st.claims.Load() < 3 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "the duplicate to poll", func() bool { return st.claims.Load() >= 3 })
 	close(release)
 	w1, w2 := <-first, <-second
 	if w1.Code != 201 || w2.Code != 201 || w2.Body.String() != "paid" || w2.Header().Get("Idempotent-Replayed") != "true" {
@@ -583,14 +581,12 @@ func TestRule4_6_LeaseRenewal(t *testing.T) {
 		<-release
 		w.WriteHeader(201)
 	})
-	mw := idem.New(st, idem.WithLockTTL(60*time.Millisecond))(h)
+	mw := idem.New(st, idem.WithLockTTL(150*time.Millisecond))(h)
 	first := make(chan *httptest.ResponseRecorder)
 	go func() { first <- do(mw, "POST", "/", "k", "") }()
 	<-started
-	// Wait for several lock TTLs' worth of renewals.
-	for st.renews.Load() < 8 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	// Wait for three lock TTLs' worth of renewals (one every 50ms).
+	waitFor(t, "9 renewals", func() bool { return st.renews.Load() >= 9 })
 	wantProblem(t, do(mw, "POST", "/", "k", ""), 409, "key-in-use")
 	close(release)
 	if w := <-first; w.Code != 201 {
@@ -648,9 +644,7 @@ func TestRule4_7_LockLost(t *testing.T) {
 	mw := idem.New(st, idem.WithLockTTL(30*time.Millisecond), idem.WithHook(ev.hook))(h)
 	done := make(chan *httptest.ResponseRecorder)
 	go func() { done <- do(mw, "POST", "/", "k", "") }()
-	for st.renews.Load() < 1 {
-		time.Sleep(time.Millisecond)
-	}
+	waitFor(t, "a renewal", func() bool { return st.renews.Load() >= 1 })
 	close(release)
 	w := <-done
 	wantProblem(t, w, 503, "response-not-recorded")
