@@ -9,13 +9,13 @@ type keyError string
 func (e keyError) Error() string { return string(e) }
 
 const (
-	errKeyMissing   keyError = "the request has no Idempotency-Key header"
-	errKeyEmpty     keyError = "the Idempotency-Key header is empty"
-	errKeyTooLong   keyError = "the Idempotency-Key is longer than the limit of this endpoint"
-	errKeyChars     keyError = "the Idempotency-Key may hold only visible ASCII characters (no spaces or control characters)"
-	errKeyMalformed keyError = "the Idempotency-Key is not a valid structured-field string: use the bare form (abc) or the quoted form (\"abc\") without parameters"
-	errKeyList      keyError = "the Idempotency-Key holds a comma: send one key, not a list"
-	errKeyMultiple  keyError = "the request has several Idempotency-Key headers with different values"
+	errKeyMissing   keyError = "The request has no Idempotency-Key header"
+	errKeyEmpty     keyError = "The Idempotency-Key header is empty"
+	errKeyTooLong   keyError = "The Idempotency-Key is longer than the limit of this endpoint"
+	errKeyChars     keyError = "The Idempotency-Key may hold only visible ASCII characters (no spaces or control characters)"
+	errKeyMalformed keyError = "The Idempotency-Key is not a valid structured-field string: use the bare form (abc) or the quoted form (\"abc\") without parameters"
+	errKeyList      keyError = "The Idempotency-Key holds a comma: send one key, not a list"
+	errKeyMultiple  keyError = "The request has several Idempotency-Key headers with different values"
 )
 
 // parseKey returns the key named by the values of the key header. It accepts
