@@ -88,9 +88,22 @@
 //     idem.ErrLockLost.
 //
 // Errors are wrapped with the operation ("sqlstore: claim: …"). A
-// cancelled or expired context makes a call fail, never claim. With pgx,
-// the first use of each statement on a connection costs one more round trip
-// to prepare it; behind PgBouncer in transaction mode add
+// cancelled or expired context makes a call fail, never claim.
+//
+// # PostgreSQL connections
+//
+// Each store call holds a connection for one statement, about a
+// millisecond. Bound the pool and keep it open, so that a burst of requests
+// queues for a few warm connections rather than opening one each (which
+// under load can take longer than the middleware's store timeout) and the
+// next burst finds them ready: database/sql keeps only 2 idle connections
+// unless told otherwise.
+//
+//	db.SetMaxOpenConns(16)
+//	db.SetMaxIdleConns(16)
+//
+// With pgx, the first use of each statement on a connection costs one more
+// round trip to prepare it; behind PgBouncer in transaction mode add
 // default_query_exec_mode=exec to the DSN.
 //
 // # Expiry and sweeping
