@@ -670,3 +670,48 @@ func TestSQLiteReplayIsARead(t *testing.T) {
 		}
 	}
 }
+
+// A schema-qualified table works in every statement: a PostgreSQL schema,
+// a SQLite database name.
+func TestSchemaQualifiedTable(t *testing.T) {
+	forEach(t, func(t *testing.T, b backend) {
+		db := b.open(t, b.dsn(t))
+		ctx := testCtx(t)
+		schema := "main"
+		if b.dialect == sqlstore.Postgres {
+			schema = table(t, db) + "_schema"
+			if _, err := db.ExecContext(ctx, `CREATE SCHEMA `+schema); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Exec(`DROP SCHEMA ` + schema + ` CASCADE`) })
+		}
+		tbl := table(t, db)
+		s := newStore(t, db, b.dialect, schema+"."+tbl, sqlstore.WithSweepInterval(0))
+		for i := 0; i < 2; i++ {
+			if err := s.Migrate(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM `+schema+`.`+tbl).Scan(&n); err != nil {
+			t.Fatalf("the table is not in %s: %v", schema, err)
+		}
+		if rec, err := s.Claim(ctx, "k", "tok", "fp", time.Millisecond); err != nil || rec != nil {
+			t.Fatalf("Claim: %v %v", rec, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if rec, err := s.Claim(ctx, "k", "tok2", "fp", time.Minute); err != nil || rec != nil {
+			t.Fatalf("takeover: %v %v", rec, err)
+		}
+		if err := s.Renew(ctx, "k", "tok2", time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Complete(ctx, "k", "tok2", []byte("r"), time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if n, err := s.DeleteExpired(ctx, 10); err != nil || n != 1 {
+			t.Fatalf("DeleteExpired = %d, %v", n, err)
+		}
+	})
+}
