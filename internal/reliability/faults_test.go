@@ -33,6 +33,16 @@ func TestRedisStoreFaults(t *testing.T) {
 	})
 }
 
+// Store faults through a real TCP proxy between the middleware and
+// PostgreSQL; the proxy being stopped stands for the server's outage.
+func TestPostgresStoreFaults(t *testing.T) {
+	dsn, upstream := postgresUpstream(t)
+	table := newPostgresTable(t, dsn)
+	runFaultSuite(t, upstream, func(t *testing.T, addr string) idem.Store {
+		return newPostgresStore(t, dsnVia(t, dsn, addr), table)
+	})
+}
+
 func runFaultSuite(t *testing.T, upstream string, newStore storeOver) {
 	setupLock := func(t *testing.T, lockTTL time.Duration) (*faultProxy, *app) {
 		p := newProxy(t, upstream)
@@ -202,7 +212,7 @@ func runFaultSuite(t *testing.T, upstream string, newStore storeOver) {
 	t.Run("chaos", func(t *testing.T) { chaos(t, setup) })
 }
 
-// chaos sends many keys, each retried until it gets a 2xx, while the proxy
+// chaos sends many keys, each retried (after Retry-After) until it gets a 2xx, while the proxy
 // cycles through every fault. Afterwards every key got one response, byte
 // for byte the same on every 2xx, and a key ran its handler more than once
 // only if one of its requests was answered response-not-recorded.
@@ -214,6 +224,9 @@ func chaos(t *testing.T, setup func(t *testing.T) (*faultProxy, *app)) {
 		rounds  = 2 // each fault is on this many times
 	)
 	p, a := setup(t)
+	// A handler that takes a while, so that faults also hit leases and
+	// Completes, not only claims.
+	a.delay = 30 * time.Millisecond
 	faults := []string{faultLatency, faultBlackhole, faultReset, faultReplyLost, faultDown}
 	prefix := "chaos-" + randomHex(4) + "-"
 
@@ -278,10 +291,14 @@ func chaos(t *testing.T, setup func(t *testing.T) (*faultProxy, *app)) {
 						break
 					}
 					if time.Now().After(deadline) {
-						l.err = fmt.Errorf("no 201 after %d attempts", l.attempts)
+						ev, _ := a.lastEvent(key)
+						l.err = fmt.Errorf("no 201 after %d attempts; last answer %d %s; last outcome %v: %v", l.attempts, r.Status, name, ev.Outcome, ev.Err)
 						break
 					}
-					time.Sleep(20 * time.Millisecond)
+					// As a client should: wait as long as Retry-After says
+					// (at most a second here) before trying again.
+					pause := time.Duration(retryAfter(r)) * time.Second
+					time.Sleep(min(max(pause, 20*time.Millisecond), time.Second))
 				}
 			}
 		}()
@@ -302,11 +319,11 @@ func chaos(t *testing.T, setup func(t *testing.T) (*faultProxy, *app)) {
 		chaosDone <- err
 	}()
 	go func() {
+		// Spread the keys over the faults.
+		every := time.Duration(rounds*len(faults)) * 2 * phase / keys
 		for k := 0; k < keys; k++ {
 			jobs <- k
-			if k%10 == 9 {
-				time.Sleep(phase / 5) // spread the keys over the faults
-			}
+			time.Sleep(every)
 		}
 		close(jobs)
 	}()

@@ -11,6 +11,7 @@ package reliability_test
 import (
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -30,8 +32,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
+	_ "github.com/jackc/pgx/v5/stdlib"
+
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/redisstore"
+	"github.com/idemgo/idem/sqlstore"
 )
 
 // serverEnv returns the value of env, naming a server of ./scripts/test.sh.
@@ -180,6 +185,8 @@ type app struct {
 	events []idem.Event
 	// during, if set for a key, runs inside the handler before it answers.
 	during map[string]func() int
+	// delay is how long the handler sleeps; set it before the first request.
+	delay time.Duration
 }
 
 func newApp(t testing.TB, store idem.Store, opts ...idem.Option) *app {
@@ -207,6 +214,7 @@ func (a *app) handle(w http.ResponseWriter, r *http.Request) {
 	run := a.runs[key]
 	during := a.during[key]
 	a.mu.Unlock()
+	time.Sleep(a.delay)
 	status := http.StatusCreated
 	if during != nil {
 		if s := during(); s != 0 {
@@ -368,3 +376,85 @@ type quietLogger struct{}
 func (quietLogger) Printf(context.Context, string, ...interface{}) {}
 
 func init() { redis.SetLogger(quietLogger{}) }
+
+// --- PostgreSQL ------------------------------------------------------------------
+
+// postgresUpstream returns the DSN of IDEM_POSTGRES_DSN and its host:port.
+func postgresUpstream(t testing.TB) (dsn, hostPort string) {
+	t.Helper()
+	dsn = serverEnv(t, "IDEM_POSTGRES_DSN", "a PostgreSQL server")
+	u, err := url.Parse(dsn)
+	if err != nil || u.Host == "" {
+		t.Fatalf("IDEM_POSTGRES_DSN %q is not a postgres:// URL with a host: %v", dsn, err)
+	}
+	return dsn, u.Host
+}
+
+// dsnVia returns dsn with its host:port replaced by addr.
+func dsnVia(t testing.TB, dsn, addr string) string {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = addr
+	return u.String()
+}
+
+// newPostgresTable creates a fresh idempotency table in the database of
+// dsn, dropped when t ends, and returns its name.
+func newPostgresTable(t testing.TB, dsn string) string {
+	t.Helper()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := "idem_rel_" + randomHex(6)
+	s, err := sqlstore.New(db, sqlstore.Postgres, sqlstore.WithTable(table), sqlstore.WithSweepInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Migrate(ctx); err != nil {
+		db.Close()
+		t.Fatalf("creating table %s: %v", table, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := db.ExecContext(ctx, `DROP TABLE IF EXISTS `+table); err != nil {
+			t.Errorf("dropping %s: %v", table, err)
+		}
+		db.Close()
+	})
+	return table
+}
+
+// newPostgresStore opens dsn and returns a store over table.
+func newPostgresStore(t testing.TB, dsn, table string) *sqlstore.Store {
+	t.Helper()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// database/sql keeps 2 idle connections by default and opens as many
+	// as are asked for: with more concurrent requests than that, most store
+	// calls open a new PostgreSQL connection (a process fork on the
+	// server). After a fault has emptied the pool on a loaded machine,
+	// connection set-up can outlast a short store timeout; the abandoned
+	// connections then queue in the server's listen backlog ahead of new
+	// ones, and retrying clients keep it full. A bounded pool keeps the
+	// connections and bounds the set-ups in flight.
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
+	s, err := sqlstore.New(db, sqlstore.Postgres, sqlstore.WithTable(table), sqlstore.WithSweepInterval(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Close()
+		db.Close()
+	})
+	return s
+}
