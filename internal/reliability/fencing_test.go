@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,6 +44,22 @@ func TestPostgresFencing(t *testing.T) {
 	runFencing(t, func(t *testing.T) idem.Store { return store })
 }
 
+// gate is a channel that handlers wait on. It is closed when the test ends
+// if the test has not closed it, so that a failing test never leaves a
+// handler blocked (and the test server's Close waiting for it).
+type gate struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func newGate(t *testing.T) *gate {
+	g := &gate{ch: make(chan struct{})}
+	t.Cleanup(g.open)
+	return g
+}
+
+func (g *gate) open() { g.once.Do(func() { close(g.ch) }) }
+
 func runFencing(t *testing.T, shared func(t *testing.T) idem.Store) {
 	const (
 		lockTTL      = 600 * time.Millisecond
@@ -54,14 +71,14 @@ func runFencing(t *testing.T, shared func(t *testing.T) idem.Store) {
 	// new owner's instance (healthy), and a key whose lease the stale owner
 	// holds while its handler waits for release to close.
 	// The stale handler answers status (0 for 201).
-	setup := func(t *testing.T, status int) (stale, fresh *app, key string, release chan struct{}, staleReply chan reply) {
+	setup := func(t *testing.T, status int) (stale, fresh *app, key string, release *gate, staleReply chan reply) {
 		store := shared(t)
 		stale = newApp(t, partitioned{store}, opts...)
 		fresh = newApp(t, store, opts...)
 		key = "fence-" + randomHex(6)
-		release = make(chan struct{})
+		release = newGate(t)
 		stale.onRun(key, func() int {
-			<-release
+			<-release.ch
 			return status
 		})
 		staleReply = make(chan reply, 1)
@@ -73,16 +90,8 @@ func runFencing(t *testing.T, shared func(t *testing.T) idem.Store) {
 			staleReply <- r
 		}()
 		if !pollUntil(5*time.Second, 5*time.Millisecond, func() bool { return stale.runsOf(key) == 1 }) {
-			close(release)
 			t.Fatal("the stale owner's handler did not start")
 		}
-		t.Cleanup(func() {
-			select {
-			case <-release:
-			default:
-				close(release)
-			}
-		})
 		return stale, fresh, key, release, staleReply
 	}
 
@@ -111,7 +120,8 @@ func runFencing(t *testing.T, shared func(t *testing.T) idem.Store) {
 	// stale Complete must not overwrite its in-progress record.
 	t.Run("complete", func(t *testing.T) {
 		stale, fresh, key, release, staleReply := setup(t, 0)
-		freshRelease := make(chan struct{})
+		freshGate := newGate(t)
+		freshRelease := freshGate.ch
 		fresh.onRun(key, func() int {
 			<-freshRelease
 			return 0
@@ -130,11 +140,10 @@ func runFencing(t *testing.T, shared func(t *testing.T) idem.Store) {
 			freshReply <- r
 		}()
 		if !pollUntil(lockTTL+5*time.Second, 5*time.Millisecond, func() bool { return fresh.runsOf(key) == 1 }) {
-			close(freshRelease)
 			t.Fatal("the new owner never got the key")
 		}
 
-		close(release) // the stale owner finishes while the new one runs
+		release.open() // the stale owner finishes while the new one runs
 		r := <-staleReply
 		wantProblem(t, r, http.StatusServiceUnavailable, "response-not-recorded")
 		if ra := retryAfter(r); ra != 1 {
@@ -147,7 +156,7 @@ func runFencing(t *testing.T, shared func(t *testing.T) idem.Store) {
 		dup := stale.mustPost(key, "{}")
 		wantProblem(t, dup, http.StatusConflict, "key-in-use")
 
-		close(freshRelease)
+		freshGate.open()
 		created := <-freshReply
 		if created.Status != http.StatusCreated {
 			t.Fatalf("new owner: %d %s", created.Status, created.Body)
@@ -168,7 +177,7 @@ func runFencing(t *testing.T, shared func(t *testing.T) idem.Store) {
 		stale, fresh, key, release, staleReply := setup(t, http.StatusInternalServerError)
 		conflicts, took := takeOver(t, fresh, key)
 		created := fresh.mustPost(key, "{}")
-		close(release)
+		release.open()
 		r := <-staleReply
 		if r.Status != http.StatusInternalServerError {
 			t.Fatalf("stale owner: %d %s, want its own 500 (a 5xx is not recorded; its release fails)", r.Status, r.Body)
