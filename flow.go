@@ -175,6 +175,13 @@ func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) 
 	sctx := e.storeCtx(ctx)
 	defer sctx.cancel()
 	rec, err := e.store.Claim(sctx, key, token, fingerprint, e.cfg.lockTTL)
+	if err != nil {
+		// The claim may have landed although its reply was lost or late.
+		// Free the key again, in the background, so that the caller's retry
+		// does not meet this claim's record until its lease ends.
+		go e.release(ctx, key, token)
+		return nil, err
+	}
 	if rec != nil && rec.State == StateInProgress && rec.Token == token {
 		// A store client that sent the claim again after losing the reply
 		// to the first one (go-redis retries, for one) finds the record that
@@ -216,8 +223,9 @@ func (e *engine) execute(ctx context.Context, key, token string, l *lease, w wor
 // handler has run, so its response is worth a short wait.
 func (e *engine) complete(ctx context.Context, key, token string, result []byte) error {
 	var err error
-	for attempt, pause := 0, 20*time.Millisecond; attempt < 3; attempt, pause = attempt+1, pause*5 {
-		if attempt > 0 {
+	pauses := [...]time.Duration{0, 20 * time.Millisecond, 100 * time.Millisecond}
+	for _, pause := range pauses {
+		if pause > 0 {
 			time.Sleep(pause)
 		}
 		sctx := e.storeCtx(ctx)

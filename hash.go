@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"hash"
+	"io"
 	"net/http"
 	"sort"
 	"strconv"
@@ -125,8 +126,8 @@ func canonicalizeJSON(body []byte) ([]byte, bool) {
 	if err := dec.Decode(&v); err != nil {
 		return nil, false
 	}
-	if _, err := dec.Token(); err == nil {
-		return nil, false // trailing data after the value
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, false // anything after the value, valid or not
 	}
 	var out bytes.Buffer
 	out.Grow(len(body))

@@ -59,7 +59,7 @@ func TestCanonicalJSON(t *testing.T) {
 			t.Errorf("%s and %s differ", s, same[0])
 		}
 	}
-	for _, s := range []string{`{"a":1.0,"b":[true,null,"x"]}`, `{"a":1,"b":[null,true,"x"]}`, `{"a":1,"b":[true,null,"x"]} {}`, `{"a":1`} {
+	for _, s := range []string{`{"a":1.0,"b":[true,null,"x"]}`, `{"a":1,"b":[null,true,"x"]}`, `{"a":1,"b":[true,null,"x"]} {}`, `{"a":1,"b":[true,null,"x"]}!!`, `{"a":1,"b":[true,null,"x"]}A`, `{"a":1`} {
 		if f(r, []byte(s)) == f(r, []byte(same[0])) {
 			t.Errorf("%s counts as %s", s, same[0])
 		}

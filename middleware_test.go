@@ -987,3 +987,25 @@ func TestRule4_1_RetriedClaimOwnsKey(t *testing.T) {
 		t.Fatalf("after a retried claim: %d, runs %d", w.Code, h.runs.Load())
 	}
 }
+
+// lostReplyStore makes each Claim on the store and then reports an error,
+// as when the reply to a claim that landed is lost or late.
+type lostReplyStore struct{ *countingStore }
+
+func (s lostReplyStore) Claim(ctx context.Context, key, token, fp string, lease time.Duration) (*idem.Record, error) {
+	s.countingStore.Claim(ctx, key, token, fp, lease)
+	return nil, errors.New("read tcp: i/o timeout")
+}
+
+// SPEC 4.11: a claim that failed but may have landed is released again, so
+// that the client's retry after Retry-After is not refused with 409 by the
+// first attempt's record until its lease ends.
+func TestRule4_11_FailedClaimReleased(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := &payments{}
+	wantProblem(t, do(idem.New(lostReplyStore{st})(h), "POST", "/", "k", ""), 503, "store-unavailable")
+	waitFor(t, "the release of the failed claim", func() bool { return st.releases.Load() >= 1 })
+	if w := do(idem.New(st)(h), "POST", "/", "k", ""); w.Code != 201 || h.runs.Load() != 1 {
+		t.Fatalf("retry after a failed claim: %d, runs %d; want 201 and 1", w.Code, h.runs.Load())
+	}
+}

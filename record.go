@@ -129,7 +129,9 @@ type decoder struct {
 
 func (d *decoder) uvarint() uint64 {
 	v, n := binary.Uvarint(d.buf)
-	if n <= 0 {
+	// A varint with a trailing zero byte is not in its shortest form:
+	// EncodeResponse never writes one, so the data was not written by it.
+	if n <= 0 || (n > 1 && d.buf[n-1] == 0) {
 		d.ok = false
 		d.buf = nil
 		return 0

@@ -108,3 +108,14 @@ func FuzzDecodeResponse(f *testing.F) {
 		}
 	})
 }
+
+// Only the shortest varint form is accepted, so that every accepted record
+// re-encodes to its own bytes.
+func TestDecodeRejectsLongVarints(t *testing.T) {
+	if _, err := idem.DecodeResponse([]byte("\x01\x00\xff\x00\x00\x00")); !errors.Is(err, idem.ErrCorruptRecord) {
+		t.Fatalf("non-minimal varint: %v, want ErrCorruptRecord", err)
+	}
+	if _, err := idem.DecodeResponse([]byte("\x01\x00\xc8\x81\x00\x00")); !errors.Is(err, idem.ErrCorruptRecord) {
+		t.Fatalf("padded header count: %v, want ErrCorruptRecord", err)
+	}
+}

@@ -29,6 +29,7 @@ func openRedis(ctx context.Context, spec string) (idem.Store, func() error, erro
 	if err != nil {
 		return nil, nil, badURL(err)
 	}
+	opt.ContextTimeoutEnabled = true // honour idem's store timeout
 	return openRedisClient(ctx, redis.NewClient(opt), opt.Addr)
 }
 
@@ -39,6 +40,7 @@ func openRedisCluster(ctx context.Context, spec string) (idem.Store, func() erro
 	if err != nil {
 		return nil, nil, badURL(err)
 	}
+	opt.ContextTimeoutEnabled = true // honour idem's store timeout
 	return openRedisClient(ctx, redis.NewClusterClient(opt), strings.Join(opt.Addrs, ","))
 }
 

@@ -16,7 +16,10 @@ import (
 // instance of the service that uses the same Redis (and prefix) shares the
 // records.
 func Example() {
-	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	client := redis.NewClient(&redis.Options{
+		Addr:                  "127.0.0.1:6379",
+		ContextTimeoutEnabled: true, // so that idem's store timeout bounds each call
+	})
 	defer client.Close()
 	store := redisstore.New(client)
 
@@ -33,7 +36,8 @@ func Example() {
 // round trip of a script's first use.
 func Example_cluster() {
 	client := redis.NewClusterClient(&redis.ClusterOptions{
-		Addrs: []string{"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"},
+		Addrs:                 []string{"127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"},
+		ContextTimeoutEnabled: true,
 	})
 	defer client.Close()
 	store := redisstore.New(client, redisstore.WithPrefix("payments:idem:"))

@@ -147,6 +147,11 @@ func WithPrefix(prefix string) Option {
 // *redis.Client, a failover client (Sentinel) or a *redis.ClusterClient.
 // New makes no network call; the Store does not own client, so closing it
 // stays with the caller.
+//
+// Build the client with ContextTimeoutEnabled set (redis.Options,
+// redis.ClusterOptions, redis.FailoverOptions): without it go-redis does not
+// end a command at its context's deadline, so the middleware's store timeout
+// (idem.WithStoreTimeout) cannot bound a call to a slow or unreachable Redis.
 func New(client redis.UniversalClient, opts ...Option) *Store {
 	s := &Store{client: client, prefix: DefaultPrefix}
 	for _, o := range opts {
