@@ -34,6 +34,7 @@ type InProgressError struct {
 	RetryAfter time.Duration
 }
 
+// Error says that the key is in progress and when its lease ends.
 func (e *InProgressError) Error() string {
 	return "idem: key in progress, lease ends in " + e.RetryAfter.String()
 }
