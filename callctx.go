@@ -11,7 +11,7 @@ import (
 // response from being recorded), and a deadline of its own.
 //
 // It does what context.WithTimeout(context.WithoutCancel(ctx), d) does, in
-// one allocation: its Done channel and timer are made only when a store asks
+// two allocations instead of four: its Done channel and timer are made only when a store asks
 // for Done. Stores that only look at Err and Deadline (memstore, and
 // go-redis for its socket deadlines) then cost no timer.
 type callCtx struct {
@@ -25,7 +25,9 @@ type callCtx struct {
 }
 
 func newCallCtx(parent context.Context, timeout time.Duration) *callCtx {
-	return &callCtx{parent: parent, deadline: time.Now().Add(timeout)}
+	// WithoutCancel also hides the parent's cancellation cause from
+	// context.Cause.
+	return &callCtx{parent: context.WithoutCancel(parent), deadline: time.Now().Add(timeout)}
 }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, true }

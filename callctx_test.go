@@ -71,3 +71,14 @@ func TestCallCtx(t *testing.T) {
 		t.Fatal("derived context outlived the call")
 	}
 }
+
+// The request's cancellation cause does not leak into the store call.
+func TestCallCtxCause(t *testing.T) {
+	parent, cancel := context.WithCancelCause(context.Background())
+	cancel(errors.New("client went away"))
+	c := newCallCtx(parent, time.Millisecond)
+	<-c.Done()
+	if cause := context.Cause(c); !errors.Is(cause, context.DeadlineExceeded) {
+		t.Fatalf("Cause = %v, want deadline exceeded", cause)
+	}
+}

@@ -53,8 +53,13 @@ func (c *capture) free() {
 
 func (c *capture) Header() http.Header {
 	if c.wroteHeader && !c.streaming {
+		// As under net/http, changes after WriteHeader are not sent, but
+		// what was set before can still be read.
 		if c.late == nil {
-			c.late = make(http.Header)
+			c.late = c.header.Clone()
+			if c.late == nil {
+				c.late = make(http.Header)
+			}
 		}
 		return c.late
 	}
@@ -174,7 +179,12 @@ func (c *capture) prepareHeader() {
 	for _, k := range notStored {
 		delete(c.header, k)
 	}
-	if _, ok := c.header["Content-Type"]; !ok && c.buf.Len() > 0 && bodyAllowed(c.status) {
+	// As net/http does: no sniffing when the type is set (here or by an
+	// outer handler) or the body is encoded.
+	_, typed := c.header["Content-Type"]
+	_, outerTyped := c.w.Header()["Content-Type"]
+	_, encoded := c.header["Content-Encoding"]
+	if !typed && !outerTyped && !encoded && c.buf.Len() > 0 && bodyAllowed(c.status) {
 		c.header["Content-Type"] = []string{http.DetectContentType(c.buf.Bytes())}
 	}
 }

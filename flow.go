@@ -1,6 +1,7 @@
 package idem
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -90,14 +91,18 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 			return nil, &InProgressError{RetryAfter: rec.LeaseLeft}
 		}
 		e.cfg.report(Event{Outcome: OutcomeReplayed, Key: key})
-		return rec.Result, nil
+		return bytes.Clone(rec.Result), nil // the store's copy stays intact
 	}
-	var fnErr error
+	var (
+		fnErr  error
+		result []byte
+	)
 	ctx = withInfo(ctx, &requestInfo{key: key})
-	result, stored, err := e.execute(ctx, key, token, new(lease), workFunc(func(ctx context.Context) ([]byte, bool) {
-		var res []byte
-		res, fnErr = fn(ctx)
-		return res, fnErr == nil
+	_, stored, err := e.execute(ctx, key, token, new(lease), workFunc(func(ctx context.Context) ([]byte, bool) {
+		result, fnErr = fn(ctx)
+		// The store keeps its own copy, so that neither fn nor the caller can
+		// change what later callers get.
+		return bytes.Clone(result), fnErr == nil
 	}))
 	switch {
 	case errors.Is(err, ErrLockLost):

@@ -143,3 +143,17 @@ func TestRule1_4_DoDeadWorker(t *testing.T) {
 		t.Fatalf("after the lease: %q %v", res, err)
 	}
 }
+
+// What Do returns is the caller's: changing it does not change what later
+// callers get.
+func TestRule1_4_DoResultIsACopy(t *testing.T) {
+	st, _ := newCountingStore(t)
+	work := func(context.Context) ([]byte, error) { return []byte("done"), nil }
+	first, _ := idem.Do(context.Background(), st, "job", "fp", work)
+	copy(first, "XXXX")
+	second, _ := idem.Do(context.Background(), st, "job", "fp", work)
+	copy(second, "YYYY")
+	if third, _ := idem.Do(context.Background(), st, "job", "fp", work); string(third) != "done" {
+		t.Fatalf("stored result changed to %q by its callers", third)
+	}
+}

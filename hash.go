@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"unicode/utf8"
 )
 
 // FingerprintFunc returns the fingerprint of a keyed request: a string that
@@ -42,7 +43,8 @@ func FingerprintHeaders(names ...string) FingerprintFunc {
 // its meaning rather than its bytes: object keys are sorted and whitespace
 // between tokens is dropped, so {"a":1, "b":2} and {"b":2,"a":1} are the
 // same request. Numbers and strings are compared as written (1 and 1.0
-// differ). A body that is not valid JSON is fingerprinted byte for byte.
+// differ). A body that is not valid JSON, or not valid UTF-8, is
+// fingerprinted byte for byte.
 // The named headers are covered as in FingerprintHeaders.
 //
 // CanonicalJSON decodes every keyed body with encoding/json, which costs
@@ -120,6 +122,9 @@ func appendField(b []byte, s string) []byte {
 // canonicalizeJSON returns body in canonical form, or false when body is
 // not a single valid JSON value.
 func canonicalizeJSON(body []byte) ([]byte, bool) {
+	if !utf8.Valid(body) {
+		return nil, false // decoding would replace invalid bytes, merging bodies
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any

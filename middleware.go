@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"sync"
 )
 
 // Middleware protects handlers with idempotency keys. Build it with
@@ -97,11 +96,10 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	ev := Event{Key: key, Scope: q.info.scope, Request: r}
 
-	body, buf, ok := q.readBody(w, r, ev)
+	body, ok := q.readBody(w, r, ev)
 	if !ok {
 		return
 	}
-	defer freeBody(buf)
 	q.body.Reset(body)
 	fp := cfg.fingerprint(r, body)
 	skey := scopedKey(q.info.scope, key)
@@ -111,8 +109,9 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		ev.Outcome, ev.Err = OutcomeStoreError, err
 		if cfg.failOpen {
 			cfg.report(ev)
-			r.Body = &q.body
-			next.ServeHTTP(w, r)
+			r2 := r.WithContext(withInfo(r.Context(), &q.info))
+			r2.Body = &q.body
+			next.ServeHTTP(w, r2)
 			return
 		}
 		m.answer(w, probStoreUnavailable, cfg.storeRetryAfter, ev)
@@ -167,7 +166,9 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 func (q *request) run(context.Context) ([]byte, bool) {
 	q.next.ServeHTTP(q.c, q.r)
 	q.c.finish()
-	if !q.m.cfg.keep(q.c.status) && !q.info.committed.Load() {
+	// A streamed response has reached the client in part: it is recorded
+	// whatever its status, so that it is never run twice.
+	if !q.c.streaming && !q.m.cfg.keep(q.c.status) && !q.info.committed.Load() {
 		return nil, false
 	}
 	return q.c.record(), true
@@ -207,48 +208,40 @@ func (m *Middleware) answer(w http.ResponseWriter, p rendered, retryAfter int, e
 	writeProblem(w, p, retryAfter)
 }
 
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
 // readBody reads the whole body of r, up to the limit. On failure it has
-// answered the request and returns false.
-func (q *request) readBody(w http.ResponseWriter, r *http.Request, ev Event) ([]byte, *bytes.Buffer, bool) {
+// answered the request and returns false. The body is not pooled: the
+// handler, or anything it hands r.Body to, may read it after the request
+// is over.
+func (q *request) readBody(w http.ResponseWriter, r *http.Request, ev Event) ([]byte, bool) {
 	m := q.m
 	limit := m.cfg.maxBody
 	if r.ContentLength > limit {
 		ev.Outcome = OutcomeRejected
 		m.answer(w, probBodyTooLarge(limit), 0, ev)
-		return nil, nil, false
+		return nil, false
 	}
 	if r.Body == nil || r.Body == http.NoBody {
-		return nil, nil, true
+		return nil, true
 	}
-	buf := bodyPool.Get().(*bytes.Buffer)
-	buf.Reset()
+	var buf bytes.Buffer
 	if r.ContentLength > 0 {
 		buf.Grow(int(r.ContentLength))
 	}
 	q.limit = io.LimitedReader{R: r.Body, N: limit + 1}
 	_, err := buf.ReadFrom(&q.limit)
 	q.limit.R = nil
+	var tooLarge *http.MaxBytesError
 	switch {
-	case int64(buf.Len()) > limit:
-		freeBody(buf)
+	case int64(buf.Len()) > limit || errors.As(err, &tooLarge):
 		ev.Outcome = OutcomeRejected
 		m.answer(w, probBodyTooLarge(limit), 0, ev)
-		return nil, nil, false
+		return nil, false
 	case err != nil:
-		freeBody(buf)
 		ev.Outcome = OutcomeRejected
 		m.answer(w, probBodyUnreadable, 0, ev)
-		return nil, nil, false
+		return nil, false
 	}
-	return buf.Bytes(), buf, true
-}
-
-func freeBody(buf *bytes.Buffer) {
-	if buf != nil && buf.Cap() <= 256<<10 {
-		bodyPool.Put(buf)
-	}
+	return buf.Bytes(), true
 }
 
 // bodyReader hands the handler the body the middleware read, so that it

@@ -1009,3 +1009,112 @@ func TestRule4_11_FailedClaimReleased(t *testing.T) {
 		t.Fatalf("retry after a failed claim: %d, runs %d; want 201 and 1", w.Code, h.runs.Load())
 	}
 }
+
+// The body a handler got stays its own after the request: nothing reuses
+// it for a later request.
+func TestBodyNotReusedAfterRequest(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var bodies []io.Reader
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { bodies = append(bodies, r.Body) })
+	mw := idem.New(st)(h)
+	do(mw, "POST", "/", "a", "card=4242-AAAA")
+	do(mw, "POST", "/", "b", "card=5500-BBBB")
+	if got, _ := io.ReadAll(bodies[0]); string(got) != "card=4242-AAAA" {
+		t.Fatalf("first request's body read after it ended: %q", got)
+	}
+}
+
+// SPEC 4.11 and 7: in fail-open mode the handler still gets the body and its
+// key, and the caller's request is left as it was.
+func TestRule4_11_FailOpenRequest(t *testing.T) {
+	st, _ := newCountingStore(t)
+	st.set(func(s *countingStore) { s.claimErr = errors.New("down") })
+	var key, body string
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, _ = idem.KeyFromContext(r.Context())
+		b, _ := io.ReadAll(r.Body)
+		body = string(b)
+	})
+	r := httptest.NewRequest("POST", "/", strings.NewReader("payload"))
+	r.Header.Set("Idempotency-Key", "k")
+	orig := r.Body
+	idem.New(st, idem.WithFailOpen())(h).ServeHTTP(httptest.NewRecorder(), r)
+	if key != "k" || body != "payload" {
+		t.Fatalf("fail-open handler saw key %q body %q", key, body)
+	}
+	if r.Body != orig {
+		t.Fatal("the caller's request was modified")
+	}
+}
+
+// A Content-Type an outer handler set is not replaced by a sniffed one, and
+// the first answer and its replay agree; without any, the sniffed type is
+// stored and replayed.
+func TestContentTypeParity(t *testing.T) {
+	st, _ := newCountingStore(t)
+	plain := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"ok":true}`) })
+	outer := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			next.ServeHTTP(w, r)
+		})
+	}
+	h := outer(idem.New(st)(plain))
+	for i := 0; i < 2; i++ {
+		if ct := do(h, "POST", "/", "k", "").Header().Get("Content-Type"); ct != "application/json" {
+			t.Fatalf("answer %d: Content-Type %q, want the outer handler's application/json", i, ct)
+		}
+	}
+	bare := idem.New(st)(plain)
+	for i := 0; i < 2; i++ {
+		if ct := do(bare, "POST", "/", "k2", "").Header().Get("Content-Type"); ct != "text/plain; charset=utf-8" {
+			t.Fatalf("answer %d: Content-Type %q, want the sniffed text/plain; charset=utf-8", i, ct)
+		}
+	}
+}
+
+// SPEC 4.12: a streamed response is never run twice, whatever its status.
+func TestRule4_12_Streamed5xxNotRerun(t *testing.T) {
+	st, _ := newCountingStore(t)
+	runs := 0
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		w.WriteHeader(502)
+		w.Write(bytes.Repeat([]byte("x"), 2000))
+	})
+	mw := idem.New(st, idem.WithMaxResponseSize(1000))(h)
+	do(mw, "POST", "/", "k", "")
+	p := wantProblem(t, do(mw, "POST", "/", "k", ""), 409, "response-not-replayable")
+	if runs != 1 || p.OriginalStatus != 502 {
+		t.Fatalf("runs %d, original_status %d", runs, p.OriginalStatus)
+	}
+}
+
+// Headers read after WriteHeader are those that were set, as under net/http.
+func TestHeaderReadableAfterWriteHeader(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var seen string
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Etag", `"v1"`)
+		w.WriteHeader(201)
+		seen = w.Header().Get("Etag")
+		w.Header().Set("Etag", `"changed"`)
+	})
+	w := do(idem.New(st)(h), "POST", "/", "k", "")
+	if seen != `"v1"` || w.Header().Get("Etag") != `"v1"` {
+		t.Fatalf("after WriteHeader read %q, sent %q; want \"v1\" both", seen, w.Header().Get("Etag"))
+	}
+}
+
+// An outer http.MaxBytesReader that trips is a 413, not a 400.
+func TestOuterMaxBytesReader(t *testing.T) {
+	st, _ := newCountingStore(t)
+	mw := idem.New(st)(&payments{})
+	r := httptest.NewRequest("POST", "/", strings.NewReader(strings.Repeat("a", 100)))
+	r.Header.Set("Idempotency-Key", "k")
+	r.ContentLength = -1
+	w := httptest.NewRecorder()
+	r.Body = http.MaxBytesReader(w, r.Body, 10)
+	mw.ServeHTTP(w, r)
+	wantProblem(t, w, 413, "body-too-large")
+}
