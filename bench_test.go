@@ -64,6 +64,18 @@ func (b *benchReq) next() *http.Request {
 	return b.r
 }
 
+// benchServe times b.N requests req through h, the timer and allocation
+// count starting here.
+func benchServe(b *testing.B, h http.Handler, req *benchReq) {
+	w := &discard{}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		w.reset()
+		h.ServeHTTP(w, req.next())
+	}
+}
+
 func reportCalls(b *testing.B, st *countingStore) {
 	b.ReportMetric(float64(st.calls())/float64(b.N), "store-calls/op")
 }
@@ -72,13 +84,7 @@ func BenchmarkPassThroughNoKey(b *testing.B) {
 	st, _ := newCountingStore(b)
 	h := idem.New(st)(okHandler)
 	req := newBenchReq("POST", "")
-	w := &discard{}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		w.reset()
-		h.ServeHTTP(w, req.next())
-	}
+	benchServe(b, h, req)
 	reportCalls(b, st)
 }
 
@@ -129,16 +135,10 @@ func BenchmarkReplay(b *testing.B) {
 	st, _ := newCountingStore(b)
 	h := idem.New(st)(okHandler)
 	req := newBenchReq("POST", "k")
-	w := &discard{}
-	h.ServeHTTP(w, req.next())
+	h.ServeHTTP(&discard{}, req.next())
 	st.claims.Store(0)
 	st.completes.Store(0)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		w.reset()
-		h.ServeHTTP(w, req.next())
-	}
+	benchServe(b, h, req)
 	reportCalls(b, st)
 }
 
@@ -151,13 +151,7 @@ func benchHeldKey(b *testing.B, holderFP func(*benchReq) string) {
 	if _, err := mem.Claim(context.Background(), "|k", "holder", holderFP(req), time.Hour); err != nil {
 		b.Fatal(err)
 	}
-	w := &discard{}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		w.reset()
-		h.ServeHTTP(w, req.next())
-	}
+	benchServe(b, h, req)
 	reportCalls(b, st)
 }
 
