@@ -223,16 +223,15 @@ func (q *request) readBody(w http.ResponseWriter, r *http.Request, ev Event) ([]
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, true
 	}
-	var buf bytes.Buffer
+	size := int64(512)
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
+		size = r.ContentLength + 1 // room to see EOF without growing
 	}
 	q.limit = io.LimitedReader{R: r.Body, N: limit + 1}
-	_, err := buf.ReadFrom(&q.limit)
+	body, err := readAll(&q.limit, size)
 	q.limit.R = nil
-	var tooLarge *http.MaxBytesError
 	switch {
-	case int64(buf.Len()) > limit || errors.As(err, &tooLarge):
+	case int64(len(body)) > limit || isMaxBytes(err):
 		ev.Outcome = OutcomeRejected
 		m.answer(w, probBodyTooLarge(limit), 0, ev)
 		return nil, false
@@ -241,7 +240,35 @@ func (q *request) readBody(w http.ResponseWriter, r *http.Request, ev Event) ([]
 		m.answer(w, probBodyUnreadable, 0, ev)
 		return nil, false
 	}
-	return buf.Bytes(), true
+	return body, true
+}
+
+// isMaxBytes reports whether err comes from an outer http.MaxBytesReader.
+func isMaxBytes(err error) bool {
+	if err == nil {
+		return false
+	}
+	var tooLarge *http.MaxBytesError
+	return errors.As(err, &tooLarge)
+}
+
+// readAll reads r to its end into a slice of initial capacity size, so that
+// a body of known length costs one allocation.
+func readAll(r io.Reader, size int64) ([]byte, error) {
+	b := make([]byte, 0, size)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 // bodyReader hands the handler the body the middleware read, so that it
