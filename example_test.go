@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/memstore"
 )
@@ -70,21 +69,22 @@ func ExampleWithScope() {
 	// acct_A: order for acct_A (replayed="true")
 }
 
-// Give each chi route its own settings over one store: here payments are
+// Give each route its own settings over one store: here payments are
 // replayable for 24 hours and exports for 10 minutes, and exports must
-// carry a key.
-func ExampleNew_chi() {
+// carry a key. Routers with per-route middleware (chi's r.With, gorilla/mux
+// subrouters) take the same values.
+func ExampleNew_perRoute() {
 	store := memstore.New()
 	defer store.Close()
 
-	r := chi.NewRouter()
-	r.With(idem.New(store, idem.WithTTL(24*time.Hour))).
-		Post("/payments", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusCreated) })
-	r.With(idem.New(store, idem.WithTTL(10*time.Minute), idem.WithRequiredKey())).
-		Post("/exports", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })
+	mux := http.NewServeMux()
+	mux.Handle("POST /payments", idem.New(store, idem.WithTTL(24*time.Hour))(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusCreated) })))
+	mux.Handle("POST /exports", idem.New(store, idem.WithTTL(10*time.Minute), idem.WithRequiredKey())(
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) })))
 
 	w := httptest.NewRecorder()
-	r.ServeHTTP(w, httptest.NewRequest("POST", "/exports", nil)) // no key
+	mux.ServeHTTP(w, httptest.NewRequest("POST", "/exports", nil)) // no key
 	fmt.Println(w.Code, w.Header().Get("Content-Type"))
 	// Output:
 	// 400 application/problem+json

@@ -8,59 +8,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/go-chi/chi/v5"
-	"github.com/gorilla/mux"
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/memstore"
 )
-
-// SPEC 1.1: the middleware drops into chi with r.Use and r.With, with a
-// different TTL per route.
-func TestRule1_1_Chi(t *testing.T) {
-	clock := newFakeClock()
-	st := memstore.New(memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
-	defer st.Close()
-	h := &payments{}
-	r := chi.NewRouter()
-	r.Group(func(r chi.Router) {
-		r.Use(idem.New(st, idem.WithTTL(time.Hour)))
-		r.Post("/orders", h.ServeHTTP)
-	})
-	r.With(idem.New(st, idem.WithTTL(time.Minute))).Post("/payments", h.ServeHTTP)
-
-	do(r, "POST", "/orders", "o", "")
-	do(r, "POST", "/payments", "p", "")
-	if w := do(r, "POST", "/orders", "o", ""); w.Header().Get("Idempotent-Replayed") != "true" {
-		t.Fatal("chi r.Use route did not replay")
-	}
-	if w := do(r, "POST", "/payments", "p", ""); w.Header().Get("Idempotent-Replayed") != "true" {
-		t.Fatal("chi r.With route did not replay")
-	}
-	clock.Advance(2 * time.Minute)
-	do(r, "POST", "/orders", "o", "")
-	do(r, "POST", "/payments", "p", "")
-	if got := h.runs.Load(); got != 3 {
-		t.Fatalf("runs = %d, want 3: only the 1-minute route's record expired", got)
-	}
-}
-
-// SPEC 1.1: gorilla/mux r.Use.
-func TestRule1_1_GorillaMux(t *testing.T) {
-	st := memstore.New()
-	defer st.Close()
-	h := &payments{}
-	r := mux.NewRouter()
-	r.Use(idem.New(st))
-	r.Handle("/payments/{id}", h).Methods("POST", "PATCH")
-	first := do(r, "PATCH", "/payments/7", "k", "x")
-	second := do(r, "PATCH", "/payments/7", "k", "x")
-	if h.runs.Load() != 1 || second.Body.String() != first.Body.String() {
-		t.Fatalf("gorilla/mux: runs %d", h.runs.Load())
-	}
-	wantProblem(t, do(r, "PATCH", "/payments/8", "k", "x"), 422, "key-reused")
-}
 
 // SPEC 1.1: http.ServeMux, with Go 1.22 method patterns.
 func TestRule1_1_ServeMux(t *testing.T) {

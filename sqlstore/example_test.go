@@ -13,14 +13,17 @@ import (
 	"path/filepath"
 	"strings"
 
-	_ "modernc.org/sqlite"
-
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/sqlstore"
 )
 
 // The middleware over a SQLite file: the second request with the same key
-// gets the first one's response, and the handler runs once.
+// gets the first one's response, and the handler runs once. A driver must
+// be linked in, for SQLite with import _ "modernc.org/sqlite". It prints:
+//
+//	201 charge #1 (replayed: "")
+//	201 charge #1 (replayed: "true")
+//	charges: 1
 func Example() {
 	dir, err := os.MkdirTemp("", "idem-example")
 	if err != nil {
@@ -57,15 +60,15 @@ func Example() {
 		fmt.Printf("%d %s (replayed: %q)\n", w.Code, w.Body, w.Header().Get("Idempotent-Replayed"))
 	}
 	fmt.Println("charges:", charges)
-	// Output:
-	// 201 charge #1 (replayed: "")
-	// 201 charge #1 (replayed: "true")
-	// charges: 1
 }
 
 // Completing the record in the transaction that writes the business data,
 // for code that drives the Store itself: the stored result and the payment
-// commit together, or neither does.
+// commit together, or neither does. It prints:
+//
+//	paid 250 <nil>
+//	paid 250 (replayed) <nil>
+//	 key order-7 was used for another payment
 func ExampleStore_CompleteTx() {
 	dir, err := os.MkdirTemp("", "idem-example")
 	if err != nil {
@@ -123,8 +126,4 @@ func ExampleStore_CompleteTx() {
 	fmt.Println(pay("order-7", 250))
 	fmt.Println(pay("order-7", 250))
 	fmt.Println(pay("order-7", 999))
-	// Output:
-	// paid 250 <nil>
-	// paid 250 (replayed) <nil>
-	//  key order-7 was used for another payment
 }

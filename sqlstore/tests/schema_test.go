@@ -10,7 +10,7 @@ import (
 
 // The schema printed in the package documentation is the one Migrate runs.
 func TestDocumentedSchema(t *testing.T) {
-	src, err := os.ReadFile("doc.go")
+	src, err := os.ReadFile("../doc.go")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,3 @@
+module github.com/idemgo/idem/internal/consumers
+
+go 1.22
