@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the servers the tests need, on free loopback ports in a temp dir,
-# and stops them on exit: one Redis node, a 3-node Redis Cluster and
-# PostgreSQL. What is missing is installed with apt-get first.
+# and stops them on exit: one Redis node, a 3-node Redis Cluster, PostgreSQL
+# and MariaDB. What is missing is installed with apt-get first.
 #
 # Sourced by scripts/test.sh (start_services, then run_job CMD). Run on its
 # own, it starts the servers, runs the given command with their addresses in
@@ -14,6 +14,7 @@
 #   IDEM_REDIS_ADDR           127.0.0.1:P               single Redis node
 #   IDEM_REDIS_CLUSTER_ADDRS  127.0.0.1:P1,...,:P3      3-master Redis Cluster
 #   IDEM_POSTGRES_DSN         postgres://postgres@127.0.0.1:P/idem?sslmode=disable
+#   IDEM_MYSQL_DSN            root@tcp(127.0.0.1:P)/idem?parseTime=true  (MariaDB, driver DSN)
 #   IDEM_REDIS_SERVER         path of redis-server, for tests that run their own
 #   IDEM_PG_BIN_DIR           directory holding pg_ctl, postgres and initdb
 #
@@ -39,6 +40,7 @@ ensure_tools() {
 	command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
 		pkgs+=(redis-server redis-tools)
 	[ -n "$(pg_bin_dir)" ] || pkgs+=(postgresql)
+	[ -n "$(mysqld_bin)" ] && command -v mariadb-install-db >/dev/null || pkgs+=(mariadb-server)
 	[ ${#pkgs[@]} -eq 0 ] && return
 	is_root || sudo=sudo
 	log "installing ${pkgs[*]} ..."
@@ -46,6 +48,16 @@ ensure_tools() {
 	$sudo env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=120 \
 		"${pkgs[@]}" >/dev/null
+}
+
+# The MariaDB server binary (mariadbd, or mysqld in older packages).
+mysqld_bin() {
+	local p
+	for p in mariadbd mysqld; do
+		command -v "$p" && return
+		[ -x "/usr/sbin/$p" ] && { echo "/usr/sbin/$p"; return; }
+	done
+	return 0
 }
 
 # PostgreSQL refuses to run as root: when root, run its tools as `postgres`,
@@ -77,7 +89,7 @@ free_port() {
 }
 
 # --- cleanup ------------------------------------------------------------------
-TMP="" PG_DATA="" PG_BIN="" REDIS_PIDFILES=() CLUSTER_CREATE_PID="" JOB=""
+TMP="" PG_DATA="" PG_BIN="" REDIS_PIDFILES=() CLUSTER_CREATE_PID="" JOB="" MY_INIT_PID="" MY_PIDFILE=""
 cleanup() {
 	local rc=$? f pid i stopping=()
 	set +e
@@ -86,12 +98,16 @@ cleanup() {
 	for f in "${REDIS_PIDFILES[@]}"; do
 		pid=$(cat "$f" 2>/dev/null) && kill "$pid" 2>/dev/null && stopping+=("$f")
 	done
+	[ -n "$MY_INIT_PID" ] && kill -- "-$MY_INIT_PID" 2>/dev/null && wait "$MY_INIT_PID"
+	if [ -n "$MY_PIDFILE" ] && pid=$(cat "$MY_PIDFILE" 2>/dev/null); then
+		kill "$pid" 2>/dev/null && stopping+=("$MY_PIDFILE")
+	fi
 	if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
 		as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w stop >/dev/null 2>&1
 	fi
-	# Redis deletes its pidfile as it exits (waiting on the pid instead can be
-	# slow: the exited daemon stays a zombie until init reaps it). Give each
-	# node ~5 s, then insist.
+	# Redis and MariaDB delete their pidfile as they exit (waiting on the pid
+	# instead can be slow: the exited daemon stays a zombie until init reaps
+	# it). Give each server ~5 s, then insist.
 	for f in "${stopping[@]}"; do
 		for i in $(seq 50); do [ -e "$f" ] || break; sleep 0.1; done
 		[ -e "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null
@@ -208,6 +224,65 @@ start_postgres() {
 	die "could not start postgres"
 }
 
+# MariaDB runs as the mysql user when this script runs as root (mariadbd
+# refuses root unless told), in $TMP/mysql, which that user owns.
+MY_DIR="" MY_LOG=""
+my_user_args() { if is_root; then echo --user=mysql; fi; }
+
+# init_mysql: create the data directory with mariadb-install-db in the
+# background (the slow part, a few seconds), while the other servers start.
+init_mysql() {
+	MY_DIR="$TMP/mysql"
+	mkdir -p "$MY_DIR"
+	if is_root; then chown mysql: "$MY_DIR"; fi
+	# --auth-root-authentication-method=normal: root without a password over
+	# TCP from 127.0.0.1, rather than the unix_socket plugin's OS-user check.
+	# In a session of its own, so that cleanup can stop it with the server
+	# it bootstraps.
+	setsid mariadb-install-db --no-defaults --datadir="$MY_DIR/data" $(my_user_args) \
+		--auth-root-authentication-method=normal --skip-test-db >"$MY_DIR/install.log" 2>&1 &
+	MY_INIT_PID=$!
+}
+
+# start_mysql: wait for init_mysql, start mariadbd on a free port (retrying if
+# the port gets taken meanwhile), wait up to 30 s for it and create the
+# database idem. Sets MY_PORT.
+start_mysql() {
+	local bin i
+	bin=$(mysqld_bin)
+	wait "$MY_INIT_PID" || { cat "$MY_DIR/install.log" >&2; MY_INIT_PID=""; die "mariadb-install-db failed"; }
+	MY_INIT_PID=""
+	MY_PIDFILE="$MY_DIR/mysqld.pid"
+	for _ in 1 2 3 4 5; do
+		free_port
+		: >"$MY_DIR/error.log" && { ! is_root || chown mysql: "$MY_DIR/error.log"; }
+		# Durability settings are relaxed as for PostgreSQL (fsync=off): the
+		# tests need correctness across processes, not across power loss.
+		"$bin" --no-defaults --datadir="$MY_DIR/data" --socket="$MY_DIR/mysqld.sock" \
+			--port="$PORT" --bind-address=127.0.0.1 --skip-name-resolve $(my_user_args) \
+			--pid-file="$MY_PIDFILE" --log-error="$MY_DIR/error.log" --skip-log-bin \
+			--max-connections=300 --innodb-buffer-pool-size=128M \
+			--innodb-flush-log-at-trx-commit=2 --sync-binlog=0 </dev/null >/dev/null 2>&1 &
+		for i in $(seq 300); do
+			mariadb-admin --no-defaults --protocol=tcp -h 127.0.0.1 -P "$PORT" -u root \
+				--connect-timeout=2 ping >/dev/null 2>&1 && break
+			kill -0 $! 2>/dev/null || break # exited: see the log
+			sleep 0.1
+		done
+		if mariadb-admin --no-defaults --protocol=tcp -h 127.0.0.1 -P "$PORT" -u root ping >/dev/null 2>&1; then
+			mariadb --no-defaults --protocol=tcp -h 127.0.0.1 -P "$PORT" -u root \
+				-e 'CREATE DATABASE idem' || die "CREATE DATABASE idem failed"
+			MY_PORT=$PORT
+			return
+		fi
+		grep -q "Bind on TCP/IP port" "$MY_DIR/error.log" ||
+			{ tail -n 20 "$MY_DIR/error.log" >&2; die "mariadb did not start within 30 s"; }
+		log "port $PORT was taken, retrying"
+		wait $! 2>/dev/null || true
+	done
+	die "could not start mariadb"
+}
+
 # start_services: install what is missing, start every server and export
 # their addresses.
 start_services() {
@@ -222,20 +297,24 @@ start_services() {
 		TMP=$(mktemp -d "${TMPDIR:-/tmp}/idem-test.XXXXXX")
 		chmod 755 "$TMP" # postgres must be able to enter it
 		PG_BIN=$(pg_bin_dir)
+		init_mysql
 		start_redis redis 0
 		REDIS_PORT=$PORT
 		start_cluster
 		start_postgres
+		start_mysql
 		wait_cluster
 
 		export IDEM_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
 		IDEM_REDIS_CLUSTER_ADDRS=$(printf '127.0.0.1:%s,' "${CLUSTER_PORTS[@]}")
 		export IDEM_REDIS_CLUSTER_ADDRS=${IDEM_REDIS_CLUSTER_ADDRS%,}
 		export IDEM_POSTGRES_DSN="postgres://postgres@127.0.0.1:$PG_PORT/idem?sslmode=disable"
+		export IDEM_MYSQL_DSN="root@tcp(127.0.0.1:$MY_PORT)/idem?parseTime=true"
 		IDEM_REDIS_SERVER=$(command -v redis-server)
 		export IDEM_REDIS_SERVER IDEM_PG_BIN_DIR=$PG_BIN
 		log "servers up in $(($(now_ms) - t0)) ms: redis $IDEM_REDIS_ADDR;" \
-			"cluster $IDEM_REDIS_CLUSTER_ADDRS; postgres 127.0.0.1:$PG_PORT/idem"
+			"cluster $IDEM_REDIS_CLUSTER_ADDRS; postgres 127.0.0.1:$PG_PORT/idem;" \
+			"mariadb 127.0.0.1:$MY_PORT/idem"
 	fi
 }
 
