@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -19,15 +20,24 @@ const (
 	// database/sql driver (for example modernc.org/sqlite, driver name
 	// "sqlite"). See SQLiteDSN for the connection settings it needs.
 	SQLite Dialect = 2
+	// MySQL is MySQL 5.7 or later or MariaDB 10.3 or later, with InnoDB,
+	// through any database/sql driver that takes ? placeholders (for
+	// example github.com/go-sql-driver/mysql, driver name "mysql"). Do not
+	// set the driver's clientFoundRows: Complete, Release and Renew read
+	// the number of rows a statement changed, not found. See the package
+	// documentation for the DSN settings it advises.
+	MySQL Dialect = 3
 )
 
-// String returns "postgres", "sqlite" or "Dialect(N)".
+// String returns "postgres", "sqlite", "mysql" or "Dialect(N)".
 func (d Dialect) String() string {
 	switch d {
 	case Postgres:
 		return "postgres"
 	case SQLite:
 		return "sqlite"
+	case MySQL:
+		return "mysql"
 	}
 	return fmt.Sprintf("Dialect(%d)", uint8(d))
 }
@@ -71,10 +81,14 @@ func SQLiteDSN(path string) string {
 // fingerprint, left (what remains of the record's life, in unit), result.
 type queries struct {
 	schema []string
-	// lockKey is the argument of the advisory lock Migrate takes (PostgreSQL
-	// only), so that two processes migrating at once do not collide.
+	// lockKey is the argument of the advisory lock Migrate takes
+	// (PostgreSQL and MySQL), so that two processes migrating at once do not
+	// collide. unlock, if set, releases it: the lock belongs to the
+	// connection rather than to a transaction (MySQL's GET_LOCK), and
+	// Migrate then runs on a connection of its own.
 	lockKey string
 	lock    string
+	unlock  string
 	// unit is the unit of durations passed to and returned by the
 	// statements.
 	unit time.Duration
@@ -88,7 +102,37 @@ type queries struct {
 	delete string // $1 key, $2 token: Release
 	sweep  string // $1 limit (see noLimit)
 
+	// takeover, if set, makes claim an insert that changes no row if the
+	// key exists, run with Exec, and takeover the UPDATE that takes over an
+	// expired record (MySQL; same arguments as claim). Each wins if it
+	// changed one row.
+	takeover string
+
 	noLimit any // the limit argument of sweep that means "no limit"
+
+	// argOrder maps a statement whose placeholders are positional (MySQL's
+	// ?) to the order in which it takes the arguments the Store passes in
+	// the order documented above (for example finish: 2, 3, 0, 1).
+	argOrder map[string][]int
+
+	// maxKey and maxField bound the length in bytes of a key and of a
+	// token or fingerprint (0: no bound), so that Claim refuses what the
+	// columns would not hold rather than let a server in a non-strict SQL
+	// mode cut it short.
+	maxKey, maxField int
+}
+
+// bind returns args in the order query takes them.
+func (q *queries) bind(query string, args []any) []any {
+	order, ok := q.argOrder[query]
+	if !ok {
+		return args
+	}
+	out := make([]any, len(order))
+	for i, j := range order {
+		out[i] = args[j]
+	}
+	return out
 }
 
 // DefaultTable is the table a Store uses unless WithTable says otherwise.
@@ -227,6 +271,90 @@ WHERE rowid IN (
 )`,
 }
 
+// mysqlNow is the current time in UTC, from the MySQL server's clock, as
+// a DATETIME(6). MySQL gives one value to a whole statement (the time it
+// started); UTC_TIMESTAMP rather than NOW() so that the session's
+// time_zone, which a DSN may set per client, does not shift it.
+const mysqlNow = `UTC_TIMESTAMP(6)`
+
+// mysqlMaxKey is the longest key InnoDB can index: 3072 bytes, its limit
+// on an index key with 16 KiB pages and the DYNAMIC or COMPRESSED row
+// format (the defaults since MySQL 5.7 and MariaDB 10.2).
+const mysqlMaxKey = 3072
+
+// mysqlMaxField is the longest token or fingerprint a BLOB holds.
+const mysqlMaxField = 65535
+
+// MySQL and MariaDB (InnoDB). Times are DATETIME(6) in UTC from the
+// server's clock; durations are microseconds. Placeholders are written ?N
+// here and become positional ? (see queries.argOrder).
+//
+// Claim reads first and writes only when the key is free, as on SQLite.
+// MySQL cannot return a row from a write (it has no RETURNING), so a claim
+// that finds the key taken needs a read anyway; reading first makes a
+// replay or a conflict a single consistent read, which takes no lock and
+// never waits for a writer (for example a CompleteTx whose transaction
+// holds the row). MariaDB's INSERT … ON DUPLICATE KEY UPDATE … RETURNING
+// would return the record in one statement, but it locks the row even
+// when it leaves it alone, so replays would queue behind writers. If the read finds no live
+// record, claim inserts with INSERT IGNORE, which changes no row when the
+// key exists; if it changed none, takeover overwrites the record only if
+// it has expired. Each is one atomic statement that judges the latest
+// committed row under its lock, and wins exactly when it changed one row.
+// INSERT … ON DUPLICATE KEY UPDATE would do both in one statement, but the
+// driver's clientFoundRows setting makes it report a live record it left
+// alone exactly as it reports an insert, which would make two owners.
+var mysql = map[string]string{
+	"table": `CREATE TABLE IF NOT EXISTS {table} (
+    ` + "`key`" + `       VARBINARY(3072) NOT NULL, -- the idempotency key (scope|key), byte for byte; 3072 bytes is InnoDB's limit
+    state       TINYINT         NOT NULL, -- 1 in progress, 2 completed
+    version     TINYINT         NOT NULL, -- record format version, 1
+    token       BLOB            NOT NULL, -- owner token while in progress, empty once completed
+    fingerprint BLOB            NOT NULL, -- request fingerprint
+    expires_at  DATETIME(6)     NOT NULL, -- UTC: lease end (in progress) or retention end (completed)
+    created_at  DATETIME(6)     NOT NULL, -- UTC: when the current owner claimed the key
+    result      LONGBLOB,                 -- stored result once completed, else NULL
+    PRIMARY KEY (` + "`key`" + `),
+    KEY expires_at (expires_at)
+) ENGINE=InnoDB`,
+	"lock":   `SELECT GET_LOCK(?1, 60)`,
+	"unlock": `SELECT RELEASE_LOCK(?1)`,
+	"claim": `INSERT IGNORE INTO {table} (` + "`key`" + `, state, version, token, fingerprint, expires_at, created_at, result)
+VALUES (?1, 1, 1, ?2, ?3, {now} + INTERVAL ?4 MICROSECOND, {now}, NULL)`,
+	"takeover": `UPDATE {table}
+SET state = 1, version = 1, token = ?2, fingerprint = ?3,
+    created_at = {now}, result = NULL, expires_at = {now} + INTERVAL ?4 MICROSECOND
+WHERE ` + "`key`" + ` = ?1 AND expires_at <= {now}`,
+	"read": `SELECT 0, version, state, token, fingerprint, TIMESTAMPDIFF(MICROSECOND, {now}, expires_at), result
+FROM {table} WHERE ` + "`key`" + ` = ?1 AND expires_at > {now}`,
+	"finish": `UPDATE {table}
+SET state = 2, token = X'', result = ?3, expires_at = {now} + INTERVAL ?4 MICROSECOND
+WHERE {fenced}`,
+	"renew":  `UPDATE {table} SET expires_at = {now} + INTERVAL ?3 MICROSECOND WHERE {fenced}`,
+	"delete": `DELETE FROM {table} WHERE {fenced}`,
+	// Picked in expires_at order through its index.
+	"sweep": `DELETE FROM {table} WHERE expires_at <= {now} ORDER BY expires_at LIMIT ?1`,
+}
+
+// positional rewrites the ?N placeholders of q as ? and returns the
+// argument order they make (see queries.argOrder).
+func positional(q string) (string, []int) {
+	var (
+		b     strings.Builder
+		order []int
+	)
+	for i := 0; i < len(q); i++ {
+		if q[i] == '?' && i+1 < len(q) && '1' <= q[i+1] && q[i+1] <= '9' {
+			order = append(order, int(q[i+1]-'1'))
+			b.WriteByte('?')
+			i++
+			continue
+		}
+		b.WriteByte(q[i])
+	}
+	return b.String(), order
+}
+
 // queries returns the statements of d for table, or an error if d is
 // unknown or table is not a valid name.
 func (d Dialect) queries(table string) (*queries, error) {
@@ -288,8 +416,42 @@ func (d Dialect) queries(table string) (*queries, error) {
 			sweep:     p("sweep"),
 			noLimit:   int64(-1), // LIMIT -1
 		}, nil
+	case MySQL:
+		return mysqlQueries(schemaName, name), nil
 	}
 	return nil, fmt.Errorf("sqlstore: unknown dialect %v", d)
+}
+
+// mysqlQueries returns the MySQL statements for the table name in the
+// database schemaName (the connection's database if empty).
+func mysqlQueries(schemaName, name string) *queries {
+	qualified := "`" + name + "`"
+	if schemaName != "" {
+		qualified = "`" + schemaName + "`." + qualified
+	}
+	r := strings.NewReplacer(
+		"{fenced}", "`key` = ?1 AND token = ?2 AND state = 1 AND version = 1 AND expires_at > {now}",
+	)
+	r2 := strings.NewReplacer("{table}", qualified, "{now}", mysqlNow)
+	q := &queries{
+		lockKey:   "idem sqlstore migrate",
+		unit:      time.Microsecond,
+		readFirst: true,
+		noLimit:   int64(math.MaxInt64),
+		argOrder:  map[string][]int{},
+		maxKey:    mysqlMaxKey,
+		maxField:  mysqlMaxField,
+	}
+	p := func(k string) string {
+		stmt, order := positional(r2.Replace(r.Replace(mysql[k])))
+		q.argOrder[stmt] = order
+		return stmt
+	}
+	q.schema = []string{p("table")}
+	q.lock, q.unlock = p("lock"), p("unlock")
+	q.claim, q.takeover = p("claim"), p("takeover")
+	q.read, q.finish, q.renew, q.delete, q.sweep = p("read"), p("finish"), p("renew"), p("delete"), p("sweep")
+	return q
 }
 
 // maxIdent is PostgreSQL's limit on identifier length, applied to both

@@ -3,8 +3,10 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/idemgo/idem"
@@ -27,8 +29,9 @@ const maxAttempts = 5
 // with Close. A Store is safe for concurrent use, and any number of Stores,
 // in any number of processes, may share one table.
 type Store struct {
-	db *sql.DB
-	q  *queries
+	db      *sql.DB
+	q       *queries
+	dialect Dialect
 
 	onSweepError func(error)
 	cancel       context.CancelFunc // stops the sweeper
@@ -90,6 +93,7 @@ func New(db *sql.DB, dialect Dialect, opts ...Option) (*Store, error) {
 	s := &Store{
 		db:           db,
 		q:            q,
+		dialect:      dialect,
 		onSweepError: c.onSweepError,
 		cancel:       cancel,
 		done:         make(chan struct{}),
@@ -144,8 +148,11 @@ func (s *Store) sweep(ctx context.Context) {
 // Migrate creates the Store's table and its index on expires_at if they do
 // not exist, in one transaction. It leaves an existing table as it is and
 // may run any number of times, from several processes at once (on
-// PostgreSQL it takes an advisory lock for the duration).
+// PostgreSQL and MySQL it takes an advisory lock for the duration).
 func (s *Store) Migrate(ctx context.Context) error {
+	if s.q.unlock != "" {
+		return s.migrateLocked(ctx)
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("sqlstore: migrate: %w", err)
@@ -167,6 +174,40 @@ func (s *Store) Migrate(ctx context.Context) error {
 	return nil
 }
 
+// migrateLocked is Migrate on a database whose DDL commits on its own
+// (MySQL): on one connection, under a named lock that belongs to that
+// connection. If anything fails, the connection is closed rather than
+// returned to the pool, which releases the lock whatever state the
+// session is in.
+func (s *Store) migrateLocked(ctx context.Context) (err error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("sqlstore: migrate: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			conn.Raw(func(any) error { return driver.ErrBadConn }) //nolint:errcheck // discards conn
+		}
+		conn.Close()
+	}()
+	var got sql.NullInt64
+	if err := conn.QueryRowContext(ctx, s.q.lock, s.q.bind(s.q.lock, []any{s.q.lockKey})...).Scan(&got); err != nil {
+		return fmt.Errorf("sqlstore: migrate: %w", err)
+	}
+	if got.Int64 != 1 {
+		return fmt.Errorf("sqlstore: migrate: the lock %q was not granted (GET_LOCK returned %v); another Migrate may be stuck", s.q.lockKey, got)
+	}
+	for _, stmt := range s.q.schema {
+		if _, err := conn.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("sqlstore: migrate: %w", err)
+		}
+	}
+	if err := conn.QueryRowContext(ctx, s.q.unlock, s.q.bind(s.q.unlock, []any{s.q.lockKey})...).Scan(&got); err != nil {
+		return fmt.Errorf("sqlstore: migrate: releasing the lock: %w", err)
+	}
+	return nil
+}
+
 // DeleteExpired deletes up to limit expired records (every expired record
 // if limit is zero or less) and returns how many it deleted. It picks them
 // through the index on expires_at, so a call costs in proportion to what
@@ -177,7 +218,7 @@ func (s *Store) DeleteExpired(ctx context.Context, limit int) (int64, error) {
 	if limit > 0 {
 		arg = int64(limit)
 	}
-	res, err := s.db.ExecContext(ctx, s.q.sweep, arg)
+	res, err := s.db.ExecContext(ctx, s.q.sweep, s.q.bind(s.q.sweep, []any{arg})...)
 	if err != nil {
 		return 0, fmt.Errorf("sqlstore: delete expired: %w", err)
 	}
@@ -189,12 +230,16 @@ func (s *Store) DeleteExpired(ctx context.Context, limit int) (int64, error) {
 }
 
 // Claim implements idem.Store. On PostgreSQL it runs one statement, which
-// reads a live record without writing or locking it; on SQLite a read, and
-// a write only when the key is free (see the package documentation). When
+// reads a live record without writing or locking it; on SQLite and MySQL a
+// read, and a write only when the key is free (see the package
+// documentation). When
 // the record of key changes while Claim runs (a concurrent Claim commits
 // first, a record is released or expires), Claim reads the record as it is
 // now, and claims again if that record is gone too, at most 5 times.
 func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease time.Duration) (*idem.Record, error) {
+	if err := s.checkLengths(key, token, fingerprint); err != nil {
+		return nil, err
+	}
 	k := []byte(key)
 	read := s.q.readFirst
 	for i := 0; i < maxAttempts; i++ {
@@ -210,7 +255,16 @@ func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease
 				return rec, nil
 			}
 		}
-		won, rec, err := s.queryRecord(ctx, s.q.claim, k, []byte(token), []byte(fingerprint), s.duration(lease))
+		var (
+			won bool
+			rec *idem.Record
+			err error
+		)
+		if s.q.takeover != "" {
+			won, err = s.claimExec(ctx, k, []byte(token), []byte(fingerprint), s.duration(lease))
+		} else {
+			won, rec, err = s.queryRecord(ctx, s.q.claim, k, []byte(token), []byte(fingerprint), s.duration(lease))
+		}
 		if err != nil {
 			if retryable(err) && ctx.Err() == nil {
 				continue
@@ -228,6 +282,38 @@ func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease
 	return nil, fmt.Errorf("sqlstore: claim: the record changed under %d attempts in a row; giving up", maxAttempts)
 }
 
+// claimExec runs the dialect's claim (an insert that does nothing if the
+// key exists) and, if that changed no row, its takeover of an expired
+// record. It reports whether either changed a row.
+func (s *Store) claimExec(ctx context.Context, args ...any) (bool, error) {
+	for _, query := range []string{s.q.claim, s.q.takeover} {
+		res, err := s.db.ExecContext(ctx, query, s.q.bind(query, args)...)
+		if err != nil {
+			return false, err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return false, err
+		}
+		if n > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// checkLengths refuses a key, token or fingerprint longer than the
+// dialect's columns hold.
+func (s *Store) checkLengths(key, token, fingerprint string) error {
+	if s.q.maxKey > 0 && len(key) > s.q.maxKey {
+		return fmt.Errorf("sqlstore: claim: the key is %d bytes long; %v indexes at most %d", len(key), s.dialect, s.q.maxKey)
+	}
+	if s.q.maxField > 0 && (len(token) > s.q.maxField || len(fingerprint) > s.q.maxField) {
+		return fmt.Errorf("sqlstore: claim: the token or fingerprint is longer than the %d bytes %v stores", s.q.maxField, s.dialect)
+	}
+	return nil
+}
+
 // queryRecord runs a statement that returns the record columns (see
 // queries). It reports won, or the live record the statement returned, or
 // neither when the statement returned no row or a record already expired
@@ -237,7 +323,7 @@ func (s *Store) queryRecord(ctx context.Context, query string, args ...any) (won
 		version, state, left int64
 		token, fp, result    []byte
 	)
-	err = s.db.QueryRowContext(ctx, query, args...).Scan(&won, &version, &state, &token, &fp, &left, &result)
+	err = s.db.QueryRowContext(ctx, query, s.q.bind(query, args)...).Scan(&won, &version, &state, &token, &fp, &left, &result)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return false, nil, nil
@@ -315,7 +401,7 @@ func (s *Store) execFenced(ctx context.Context, db execer, retry bool, op, query
 		err error
 	)
 	for i := 0; i < maxAttempts; i++ {
-		res, err = db.ExecContext(ctx, query, args...)
+		res, err = db.ExecContext(ctx, query, s.q.bind(query, args)...)
 		if err == nil || !retry || !retryable(err) || ctx.Err() != nil {
 			break
 		}
@@ -354,18 +440,50 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
-// retryable reports whether err is a PostgreSQL serialization failure or
-// deadlock (SQLSTATE 40001, 40P01): the statement changed nothing and may
-// run again. These happen only when the server's default isolation level
-// is stricter than READ COMMITTED. Drivers expose the code through a
-// SQLState method (pgx's *pgconn.PgError does).
+// retryable reports whether err is a serialization failure or deadlock
+// (SQLSTATE 40001, or PostgreSQL's 40P01): the statement changed nothing
+// and may run again. On PostgreSQL these happen only when the server's
+// default isolation level is stricter than READ COMMITTED; on MySQL InnoDB
+// may choose a claim as the victim of a deadlock with the sweeper or a
+// caller's transaction. Drivers expose the code through a SQLState method
+// (pgx's *pgconn.PgError does) or, as github.com/go-sql-driver/mysql's
+// *MySQLError does, a SQLState field of 5 bytes.
 func retryable(err error) bool {
+	var code string
 	var e interface{ SQLState() string }
-	if !errors.As(err, &e) {
-		return false
+	if errors.As(err, &e) {
+		code = e.SQLState()
+	} else {
+		code = sqlStateField(err)
 	}
-	code := e.SQLState()
 	return code == "40001" || code == "40P01"
+}
+
+// sqlStateField returns the SQLState field of the first error in err's
+// chain that is a struct (or pointer to one) with a [5]byte field of that
+// name, or "".
+func sqlStateField(err error) string {
+	for ; err != nil; err = errors.Unwrap(err) {
+		v := reflect.ValueOf(err)
+		if v.Kind() == reflect.Pointer {
+			if v.IsNil() {
+				continue
+			}
+			v = v.Elem()
+		}
+		if v.Kind() != reflect.Struct {
+			continue
+		}
+		f := v.FieldByName("SQLState")
+		if f.IsValid() && f.Kind() == reflect.Array && f.Len() == 5 && f.Type().Elem().Kind() == reflect.Uint8 {
+			var b [5]byte
+			for i := range b {
+				b[i] = byte(f.Index(i).Uint())
+			}
+			return string(b[:])
+		}
+	}
+	return ""
 }
 
 var _ idem.Store = (*Store)(nil)

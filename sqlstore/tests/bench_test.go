@@ -21,6 +21,17 @@ func BenchmarkStore(b *testing.B) {
 	b.Run("Postgres", func(b *testing.B) {
 		benchStore(b, backends[1], 0)
 	})
+	b.Run("MySQL", func(b *testing.B) {
+		benchStore(b, mysqlBackend, 0)
+	})
+	// Statements sent as text with their arguments in them: one round
+	// trip each instead of a prepare and an execute.
+	b.Run("MySQL/interpolateParams", func(b *testing.B) {
+		be := mysqlBackend
+		dsn := be.dsn
+		be.dsn = func(t testing.TB) string { return withParams(dsn(t), "interpolateParams=true") }
+		benchStore(b, be, 0)
+	})
 }
 
 func benchStore(b *testing.B, be backend, maxOpen int) {

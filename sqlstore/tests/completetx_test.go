@@ -16,7 +16,7 @@ func TestCompleteTx(t *testing.T) {
 		f := b.fixture(t)
 		ctx := testCtx(t)
 		payments := f.table + "_payments"
-		if _, err := f.db.ExecContext(ctx, `CREATE TABLE `+payments+` (id text PRIMARY KEY)`); err != nil {
+		if _, err := f.db.ExecContext(ctx, `CREATE TABLE `+payments+` (id varchar(64) PRIMARY KEY)`); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { f.db.Exec(`DROP TABLE ` + payments) })

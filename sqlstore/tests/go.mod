@@ -1,6 +1,6 @@
 module github.com/idemgo/idem/sqlstore/tests
 
-go 1.22
+go 1.24.0
 
 require (
 	github.com/idemgo/idem v0.1.0
@@ -13,11 +13,13 @@ replace (
 )
 
 require (
+	github.com/go-sql-driver/mysql v1.10.1
 	github.com/jackc/pgx/v5 v5.7.4
 	modernc.org/sqlite v1.36.0
 )
 
 require (
+	filippo.io/edwards25519 v1.2.0 // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect

@@ -9,10 +9,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	_ "github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite"
 
@@ -32,7 +34,11 @@ type backend struct {
 var backends = []backend{
 	{name: "SQLite", dialect: sqlstore.SQLite, dsn: sqliteDSN, driver: "sqlite"},
 	{name: "Postgres", dialect: sqlstore.Postgres, dsn: postgresDSN, driver: "pgx"},
+	{name: "MySQL", dialect: sqlstore.MySQL, dsn: mysqlDSN, driver: "mysql"},
 }
+
+// mysqlBackend is the MySQL entry of backends.
+var mysqlBackend = backends[2]
 
 // forEach runs fn as a sub-test per backend.
 func forEach(t *testing.T, fn func(t *testing.T, b backend)) {
@@ -59,6 +65,38 @@ func postgresDSN(t testing.TB) string {
 		t.Skip(msg)
 	}
 	return dsn
+}
+
+// mysqlDSN returns the DSN (go-sql-driver/mysql form) of the MariaDB server
+// scripts/test.sh starts. Without one, t is skipped, or fails in CI.
+func mysqlDSN(t testing.TB) string {
+	dsn := os.Getenv("IDEM_MYSQL_DSN")
+	if dsn == "" {
+		const msg = "IDEM_MYSQL_DSN not set: run ./scripts/test.sh"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return dsn
+}
+
+// withParams returns dsn with the query parameters params
+// ("a=1&b=2") added.
+func withParams(dsn, params string) string {
+	if strings.Contains(dsn, "?") {
+		return dsn + "&" + params
+	}
+	return dsn + "?" + params
+}
+
+// keyColumn is the key column of the store's table as d's SQL names it
+// (key is a reserved word in MySQL).
+func keyColumn(d sqlstore.Dialect) string {
+	if d == sqlstore.MySQL {
+		return "`key`"
+	}
+	return "key"
 }
 
 // open opens the database named by dsn and closes it when t ends.
@@ -124,8 +162,11 @@ func (b backend) fixture(t testing.TB, opts ...sqlstore.Option) fixture {
 
 // ph returns the n-th placeholder of d.
 func ph(d sqlstore.Dialect, n int) string {
-	if d == sqlstore.Postgres {
+	switch d {
+	case sqlstore.Postgres:
 		return "$" + string(rune('0'+n))
+	case sqlstore.MySQL:
+		return "?" // positional only
 	}
 	return "?" + string(rune('0'+n))
 }
@@ -203,8 +244,11 @@ func (c *countingConn) QueryContext(ctx context.Context, query string, args []dr
 	if !ok {
 		return nil, driver.ErrSkip
 	}
-	c.n.Add(1)
-	return q.QueryContext(ctx, query, args)
+	rows, err := q.QueryContext(ctx, query, args)
+	if err != driver.ErrSkip { // ErrSkip: database/sql prepares it instead
+		c.n.Add(1)
+	}
+	return rows, err
 }
 
 func (c *countingConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -212,8 +256,11 @@ func (c *countingConn) ExecContext(ctx context.Context, query string, args []dri
 	if !ok {
 		return nil, driver.ErrSkip
 	}
-	c.n.Add(1)
-	return e.ExecContext(ctx, query, args)
+	res, err := e.ExecContext(ctx, query, args)
+	if err != driver.ErrSkip {
+		c.n.Add(1)
+	}
+	return res, err
 }
 
 func (c *countingConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {

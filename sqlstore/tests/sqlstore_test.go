@@ -16,7 +16,7 @@ import (
 	"github.com/idemgo/idem/storetest"
 )
 
-// SPEC 6.1, 6.4: both dialects pass the shared conformance suite, on a
+// SPEC 6.1, 6.4: every dialect passes the shared conformance suite, on a
 // real database, all sub-tests sharing one table as processes would.
 func TestConformance(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
@@ -108,13 +108,13 @@ func TestSQLiteTwoHandlesOneFile(t *testing.T) {
 }
 
 // SPEC 9: a replay costs 1 statement, a conflict 1, Renew and Release 1
-// each, and a new key 2 (claim, complete) on PostgreSQL. SQLite reads before
-// it writes, so that a replay is a plain read rather than a write
-// transaction: a new key costs it 3 statements, all in-process.
+// each, and a new key 2 (claim, complete) on PostgreSQL. SQLite and MySQL
+// read before they write, so that a replay is a plain read rather than a
+// write: a new key costs them 3 statements.
 func TestStatementCount(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		claimFree := int64(1)
-		if b.dialect == sqlstore.SQLite {
+		if b.dialect != sqlstore.Postgres {
 			claimFree = 2
 		}
 		dsn := b.dsn(t)
@@ -367,7 +367,11 @@ func TestSchemaByHand(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(ddl, `"`+tbl+`"`) || !strings.Contains(ddl, "expires_at") {
+		quoted := `"` + tbl + `"`
+		if b.dialect == sqlstore.MySQL {
+			quoted = "`" + tbl + "`"
+		}
+		if !strings.Contains(ddl, quoted) || !strings.Contains(ddl, "expires_at") {
 			t.Fatalf("Schema(%q) = %s", tbl, ddl)
 		}
 		if _, err := db.ExecContext(testCtx(t), ddl); err != nil {
@@ -426,7 +430,7 @@ func TestUnknownRecordIsAnError(t *testing.T) {
 			if err := f.store.Complete(ctx, tc.key, "owner", []byte("result"), time.Hour); err != nil {
 				t.Fatal(err)
 			}
-			q := fmt.Sprintf("UPDATE %s SET %s WHERE key = %s", f.table, tc.set, ph(b.dialect, 1))
+			q := fmt.Sprintf("UPDATE %s SET %s WHERE %s = %s", f.table, tc.set, keyColumn(b.dialect), ph(b.dialect, 1))
 			if _, err := f.db.ExecContext(ctx, q, []byte(tc.key)); err != nil {
 				t.Fatal(err)
 			}
@@ -678,12 +682,19 @@ func TestSchemaQualifiedTable(t *testing.T) {
 		db := b.open(t, b.dsn(t))
 		ctx := testCtx(t)
 		schema := "main"
-		if b.dialect == sqlstore.Postgres {
+		switch b.dialect {
+		case sqlstore.Postgres:
 			schema = table(t, db) + "_schema"
 			if _, err := db.ExecContext(ctx, `CREATE SCHEMA `+schema); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { db.Exec(`DROP SCHEMA ` + schema + ` CASCADE`) })
+		case sqlstore.MySQL: // a schema is a database
+			schema = table(t, db) + "_db"
+			if _, err := db.ExecContext(ctx, `CREATE DATABASE `+schema); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Exec(`DROP DATABASE ` + schema) })
 		}
 		tbl := table(t, db)
 		s := newStore(t, db, b.dialect, schema+"."+tbl, sqlstore.WithSweepInterval(0))
