@@ -1,6 +1,6 @@
 module github.com/idemgo/idem/example
 
-go 1.22
+go 1.24.0
 
 require github.com/idemgo/idem v0.1.0
 
@@ -8,6 +8,7 @@ replace github.com/idemgo/idem => ..
 
 require (
 	github.com/go-chi/chi/v5 v5.2.3
+	github.com/go-sql-driver/mysql v1.10.1
 	github.com/idemgo/idem/redisstore v0.1.0
 	github.com/idemgo/idem/sqlstore v0.1.0
 	github.com/jackc/pgx/v5 v5.7.4
@@ -16,6 +17,7 @@ require (
 )
 
 require (
+	filippo.io/edwards25519 v1.2.0 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dgryski/go-rendezvous v0.0.0-20200823014737-9f7001d12a5f // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect

@@ -6,6 +6,7 @@
 //	go run ./example -store redis://127.0.0.1:6379/0  # Redis
 //	go run ./example -store 'redis-cluster://127.0.0.1:7000?addr=127.0.0.1:7001'
 //	go run ./example -store postgres://user@127.0.0.1:5432/db?sslmode=disable
+//	go run ./example -store mysql://user:pass@127.0.0.1:3306/db  # MySQL, MariaDB
 //
 // Endpoints: GET /healthz, POST /payments (JSON {"amount": int, "currency":
 // string}, plus the test fields "delay_ms" and "fail"), GET /payments.
@@ -35,7 +36,7 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("example", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
-	storeSpec := fs.String("store", "memory", "store: memory, sqlite:PATH, redis://host:port/db, redis-cluster://host:port?addr=host2:port2, postgres://...")
+	storeSpec := fs.String("store", "memory", "store: memory, sqlite:PATH, redis://host:port/db, redis-cluster://host:port?addr=host2:port2, postgres://..., mysql://user:pass@host:port/db")
 	ttl := fs.Duration("ttl", 24*time.Hour, "how long completed responses are kept for replay")
 	lockTTL := fs.Duration("lock-ttl", 30*time.Second, "lease of an in-flight request")
 	if err := fs.Parse(args); err != nil {

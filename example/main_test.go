@@ -292,6 +292,7 @@ func durableStores(t *testing.T) map[string]string {
 		return s
 	})
 	need("postgres", "IDEM_POSTGRES_DSN", func(v string) string { return v })
+	need("mysql", "IDEM_MYSQL_DSN", func(v string) string { return mysqlURL(t, v) })
 	return specs
 }
 
@@ -334,6 +335,7 @@ func TestServiceSharedDurableStores(t *testing.T) {
 func TestStoreKindHidesCredentials(t *testing.T) {
 	for spec, want := range map[string]string{
 		"postgres://user:secret@db/x": "postgres",
+		"mysql://user:secret@db/x":    "mysql",
 		"memory":                      "memory",
 		"sqlite:/tmp/x.db":            "sqlite",
 	} {

@@ -19,7 +19,7 @@ import (
 )
 
 // relStoreSpec returns the -store value of the shared store name
-// ("redis", "redis-cluster", "postgres" or "sqlite"). A store whose server
+// ("redis", "redis-cluster", "postgres", "mysql" or "sqlite"). A store whose server
 // is not configured, or that this build of the example does not open,
 // fails the test under CI=true and skips it elsewhere.
 func relStoreSpec(t *testing.T, name string) string {
@@ -35,6 +35,7 @@ func relStoreSpec(t *testing.T, name string) string {
 		"redis":         "IDEM_REDIS_ADDR",
 		"redis-cluster": "IDEM_REDIS_CLUSTER_ADDRS",
 		"postgres":      "IDEM_POSTGRES_DSN",
+		"mysql":         "IDEM_MYSQL_DSN",
 	}[name]
 	v := ""
 	if env != "" {
@@ -58,6 +59,8 @@ func relStoreSpec(t *testing.T, name string) string {
 		}
 	case "postgres":
 		spec = v
+	case "mysql":
+		spec = mysqlURL(t, v)
 	case "sqlite":
 		spec = "sqlite:" + filepath.Join(t.TempDir(), "idem.db")
 	default:
@@ -96,6 +99,7 @@ func TestReliabilityStorm(t *testing.T) {
 		{"redis", 96},
 		{"redis-cluster", 96},
 		{"postgres", 96},
+		{"mysql", 96},
 		{"sqlite", 24},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -270,7 +274,7 @@ func kill9(t *testing.T, p *proc) {
 // surviving process get 409; after it expires exactly one retry runs the
 // handler; what the killed process completed before is still replayed.
 func TestReliabilityCrash(t *testing.T) {
-	for _, name := range []string{"redis", "postgres"} {
+	for _, name := range []string{"redis", "postgres", "mysql"} {
 		t.Run(name, func(t *testing.T) {
 			runCrash(t, name, relStoreSpec(t, name))
 		})
@@ -380,7 +384,7 @@ func pollUntilTrue(d time.Duration, f func() bool) bool {
 // renewed, so duplicates sent meanwhile, to its process and to another,
 // all get 409, and the handler runs once.
 func TestReliabilitySlowHandlerKeepsLease(t *testing.T) {
-	for _, name := range []string{"redis", "postgres"} {
+	for _, name := range []string{"redis", "postgres", "mysql"} {
 		t.Run(name, func(t *testing.T) {
 			spec := relStoreSpec(t, name)
 			const lockTTL = time.Second

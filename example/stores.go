@@ -25,7 +25,7 @@ var storeOpeners = map[string]storeOpener{
 }
 
 // openStore opens the store named by spec: "memory", "sqlite:PATH",
-// "redis://…", "redis-cluster://…" or "postgres://…".
+// "redis://…", "redis-cluster://…", "postgres://…" or "mysql://…".
 func openStore(ctx context.Context, spec string) (idem.Store, func() error, error) {
 	scheme := spec
 	if i := strings.IndexAny(spec, ":"); i >= 0 {
