@@ -22,10 +22,9 @@ const (
 	SQLite Dialect = 2
 	// MySQL is MySQL 5.7 or later or MariaDB 10.3 or later, with InnoDB,
 	// through any database/sql driver that takes ? placeholders (for
-	// example github.com/go-sql-driver/mysql, driver name "mysql"). Do not
-	// set the driver's clientFoundRows: Complete, Release and Renew read
-	// the number of rows a statement changed, not found. See the package
-	// documentation for the DSN settings it advises.
+	// example github.com/go-sql-driver/mysql, driver name "mysql"). A
+	// schema-qualified table name ("db.idem_keys") names a database. See
+	// the package documentation for the DSN settings it advises.
 	MySQL Dialect = 3
 )
 

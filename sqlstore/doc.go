@@ -1,5 +1,6 @@
 // Package sqlstore is an idem.Store on a SQL database through database/sql:
-// PostgreSQL and SQLite. Any number of processes may share one table.
+// PostgreSQL, SQLite, and MySQL or MariaDB. Any number of processes may
+// share one table.
 //
 //	db, err := sql.Open("pgx", "postgres://app@db/app") // import _ "github.com/jackc/pgx/v5/stdlib"
 //	...
@@ -10,7 +11,8 @@
 //	mux.Handle("POST /payments", idem.New(store)(payments))
 //
 // The package imports no driver: bring your own (github.com/jackc/pgx/v5/stdlib,
-// modernc.org/sqlite, github.com/mattn/go-sqlite3, …) and pass its *sql.DB.
+// modernc.org/sqlite, github.com/mattn/go-sqlite3, github.com/go-sql-driver/mysql,
+// …) and pass its *sql.DB.
 // New does not touch the database; Migrate creates the table.
 //
 // # The table
@@ -31,7 +33,10 @@
 //	CREATE INDEX IF NOT EXISTS "idem_keys_expires_at_idx" ON "idem_keys" (expires_at);
 //
 // On SQLite the same columns are BLOB and INTEGER, times being Unix
-// milliseconds. Dialect.Schema returns the exact statements for any table
+// milliseconds. On MySQL the key is VARBINARY(3072), token and fingerprint
+// BLOB, the result LONGBLOB and times DATETIME(6) in UTC, with the index
+// on expires_at declared in the CREATE TABLE (MySQL has no CREATE INDEX IF
+// NOT EXISTS). Dialect.Schema returns the exact statements for any table
 // name, for a database administrator who creates the table by hand.
 //
 // Keys, tokens and fingerprints are stored as bytes, so any Go string comes
@@ -39,7 +44,11 @@
 // which a scope taken from a request header may hold. In psql,
 // convert_from(key, 'UTF8') shows a key as text and
 // WHERE key = convert_to('acct|abc', 'UTF8') finds one. PostgreSQL caps an
-// index entry at about 2.7 kB, and with it the length of a key.
+// index entry at about 2.7 kB, and with it the length of a key. InnoDB
+// caps an index key at 3072 bytes (16 KiB pages, DYNAMIC rows, the
+// defaults): on MySQL, Claim refuses a longer key, or a token or
+// fingerprint longer than a BLOB's 65535 bytes, with an error, rather than
+// let a server in a non-strict SQL mode cut it short.
 //
 // Every record carries a format version (SPEC 6.5). This release writes
 // and reads version 1; Claim answers a record of any other version (or an
@@ -51,9 +60,10 @@
 // # Time
 //
 // Leases and retention are judged by the database's clock, never by the
-// application's: PostgreSQL's clock_timestamp(), and on SQLite the clock of
-// the host that holds the file (every process sharing a SQLite file runs
-// on that host). Application servers whose clocks disagree therefore still
+// application's: PostgreSQL's clock_timestamp(), MySQL's UTC_TIMESTAMP(6)
+// (UTC, so that a time_zone set per session does not shift it; one value
+// per statement), and on SQLite the clock of the host that holds the file
+// (every process sharing a SQLite file runs on that host). Application servers whose clocks disagree therefore still
 // agree on when a lease ends; with their own clocks, a server running a few
 // seconds fast would take over keys whose owners are still working.
 // Record.LeaseLeft is expires_at minus the database's now, so it is right
@@ -82,6 +92,23 @@
 //     transaction, a WAL frame and, under synchronous=FULL, an fsync,
 //     where the SELECT costs tens of microseconds, in-process, and never
 //     waits for a writer.
+//   - Claim on MySQL: a SELECT of the live record, a consistent read that
+//     takes no lock; if there is none, INSERT IGNORE, which changes no row
+//     if the key exists, and if it changed none, an UPDATE … WHERE
+//     expires_at <= now that takes over an expired record. Each write is
+//     one atomic statement judging the latest committed row, and wins
+//     exactly when it changed a row. A new key costs three statements
+//     (read, insert, complete), a replay or a conflict one, the takeover
+//     of an expired record one more. MySQL has no RETURNING, so a claim
+//     that finds the key taken must read anyway; reading first keeps
+//     replays and conflicts from locking the row and from queueing behind
+//     a transaction that holds it (MariaDB's INSERT … ON DUPLICATE KEY
+//     UPDATE … RETURNING locks the row even when it leaves it alone). An
+//     ON DUPLICATE KEY UPDATE claim would also report a live record it
+//     left alone exactly as an insert under the driver's clientFoundRows
+//     setting; the statements used here count the same with or without
+//     it. A deadlock victim (SQLSTATE 40001, for example against the
+//     sweeper) is retried.
 //   - Complete, Release and Renew: one UPDATE or DELETE fenced by
 //     key, token, state = in progress, version and expires_at > now. If it
 //     changes no row, the caller no longer owns the key and gets
@@ -106,13 +133,28 @@
 // round trip to prepare it; behind PgBouncer in transaction mode add
 // default_query_exec_mode=exec to the DSN.
 //
+// # MySQL and MariaDB connections
+//
+// With github.com/go-sql-driver/mysql, add interpolateParams=true to the
+// DSN: the driver then escapes the arguments into each statement and sends
+// it in one round trip, where by default it prepares, executes and closes
+// a server-side statement (two round trips). It refuses the setting for
+// the few connection character sets where escaping is unsafe. parseTime
+// and clientFoundRows make no difference to the Store. Bound the pool as
+// for PostgreSQL. Migrate holds GET_LOCK('idem sqlstore migrate') on a
+// connection of its own while it creates the table. A result must fit in
+// the server's max_allowed_packet (16 MiB on MariaDB, 64 MiB on MySQL 8
+// by default); a larger one fails to complete, answered 503.
+//
 // # Expiry and sweeping
 //
 // An expired record counts as absent at once: Claim takes it over and the
 // other methods ignore it. Rows are deleted by the background sweeper that
 // New starts (every minute, WithSweepInterval; batches of 1000 rows picked
 // through the expires_at index; on PostgreSQL rows another sweeper holds
-// are skipped, so every instance may sweep) or by calling DeleteExpired,
+// are skipped, so every instance may sweep; on MySQL concurrent sweepers
+// wait for each other, and a sweep that loses a deadlock reports the error
+// and runs again at the next tick) or by calling DeleteExpired,
 // for example from a cron job after WithSweepInterval(0). Keys are rarely
 // reused, so without sweeping the table only grows.
 //

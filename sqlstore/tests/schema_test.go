@@ -37,3 +37,24 @@ func TestDocumentedSchema(t *testing.T) {
 		t.Fatalf("doc.go shows\n%s\n\nbut Postgres.Schema returns\n%s", got, want)
 	}
 }
+
+// The MySQL schema printed in the README is the one Migrate runs.
+func TestDocumentedMySQLSchema(t *testing.T) {
+	src, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := sqlstore.MySQL.Schema(sqlstore.DefaultTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := strings.Index(string(src), "```sql\nCREATE TABLE IF NOT EXISTS `idem_keys`")
+	if start < 0 {
+		t.Fatal("the README shows no MySQL CREATE TABLE of `idem_keys`")
+	}
+	block := string(src)[start+len("```sql\n"):]
+	block = block[:strings.Index(block, "```")]
+	if block != want {
+		t.Fatalf("the README shows\n%s\nbut MySQL.Schema returns\n%s", block, want)
+	}
+}
