@@ -537,7 +537,7 @@ func TestDeleteExpired(t *testing.T) {
 			claim(k, time.Minute)
 			complete(k, 50*time.Millisecond)
 		}
-		claim("done-long", 50*time.Millisecond)
+		claim("done-long", time.Minute) // a lease that cannot run out before Complete, however busy the machine
 		complete("done-long", time.Hour)
 		time.Sleep(150 * time.Millisecond)
 
