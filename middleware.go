@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 )
 
 // Middleware protects handlers with idempotency keys. Build it with
@@ -223,12 +224,16 @@ func (q *request) readBody(w http.ResponseWriter, r *http.Request, ev Event) ([]
 	if r.Body == nil || r.Body == http.NoBody {
 		return nil, true
 	}
-	size := int64(512)
+	// The buffer starts small and grows with the bytes that arrive, never
+	// beyond the announced length (plus a byte to see EOF): a client that
+	// announces a large body and stalls holds no more memory than it sent.
+	size, max := int64(512), int64(0)
 	if r.ContentLength > 0 {
-		size = r.ContentLength + 1 // room to see EOF without growing
+		max = r.ContentLength + 1
+		size = min(max, initialBodyBuffer)
 	}
 	q.limit = io.LimitedReader{R: r.Body, N: limit + 1}
-	body, err := readAll(&q.limit, size)
+	body, err := readAll(&q.limit, size, max)
 	q.limit.R = nil
 	switch {
 	case int64(len(body)) > limit || isMaxBytes(err):
@@ -252,9 +257,14 @@ func isMaxBytes(err error) bool {
 	return errors.As(err, &tooLarge)
 }
 
-// readAll reads r to its end into a slice of initial capacity size, so that
-// a body of known length costs one allocation.
-func readAll(r io.Reader, size int64) ([]byte, error) {
+// initialBodyBuffer is the most that reading a body allocates before its
+// first bytes arrive.
+const initialBodyBuffer = 4 << 10
+
+// readAll reads r to its end into a slice of initial capacity size that
+// doubles as bytes arrive, up to max when max > 0 (the announced length plus
+// one), so that a body of known length is never over-allocated.
+func readAll(r io.Reader, size, max int64) ([]byte, error) {
 	b := make([]byte, 0, size)
 	for {
 		n, err := r.Read(b[len(b):cap(b)])
@@ -266,7 +276,11 @@ func readAll(r io.Reader, size int64) ([]byte, error) {
 			return b, err
 		}
 		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
+			grow := int64(cap(b))
+			if max > 0 && int64(cap(b)) < max {
+				grow = min(grow, max-int64(cap(b)))
+			}
+			b = slices.Grow(b, int(grow))
 		}
 	}
 }
