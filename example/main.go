@@ -66,7 +66,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := newHTTPServer(handler)
 	// The tests read this line to learn the port of -addr 127.0.0.1:0.
 	fmt.Printf("listening on %s (store %s)\n", ln.Addr(), storeKind(*storeSpec))
 
@@ -87,6 +87,29 @@ func run(args []string) error {
 	}
 	fmt.Println("stopped")
 	return nil
+}
+
+// newHTTPServer returns the server settings a production service needs in
+// front of idem: the middleware reads a keyed request's whole body before
+// the handler runs, so slow or stalled clients must be cut off by the
+// server, not held open by it.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler: h,
+		// A client has 5s to send its headers and 30s for the whole
+		// request, body included; a stalled upload is dropped then.
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		// The response must be written within 60s of the request's
+		// headers: keep this above the slowest handler. A handler that
+		// runs longer still has its response recorded, and the client's
+		// retry gets it.
+		WriteTimeout: 60 * time.Second,
+		// Idle keep-alive connections are closed after 2 minutes.
+		IdleTimeout: 120 * time.Second,
+		// Request headers are at most 64 KiB (net/http's default is 1 MiB).
+		MaxHeaderBytes: 64 << 10,
+	}
 }
 
 // storeKind returns the scheme of a -store value, so that no password in a
