@@ -8,14 +8,34 @@ import (
 )
 
 // Response is an HTTP response as the middleware stores and replays it.
+//
+// Headers that outer handlers (session, CORS, request ID middleware) set
+// before the handler ran are not part of it, unless the handler changed
+// them: a replay runs behind the same outer handlers, which set their own
+// headers again.
 type Response struct {
 	// Status is the HTTP status code.
 	Status int
-	// Header holds the response headers the handler set, without hop-by-hop
-	// headers and Date (see the README for the exact list).
+	// Header holds the response headers the handler set, or replaced, as
+	// they were when it wrote the status, without hop-by-hop headers and
+	// Date (see the README for the exact list). A replay sets each name to
+	// these values. A name with no values was set to nil, which keeps
+	// net/http from adding its own (Date, Content-Type).
 	Header http.Header
+	// Added holds the values the handler appended to a header that an outer
+	// handler had set (a second Set-Cookie, another Vary): a replay appends
+	// them to what the outer handlers set on the replay.
+	Added http.Header
+	// Removed names the headers an outer handler had set and the handler
+	// deleted: a replay deletes them.
+	Removed []string
 	// Body is the response body, byte for byte.
 	Body []byte
+	// Trailer holds the header map entries that net/http turns into
+	// trailers once the handler returns, with their final values: names
+	// declared in the Trailer header, and names with http.TrailerPrefix
+	// (kept with the prefix).
+	Trailer http.Header
 	// BodyOmitted reports that the handler's body was not kept, because it
 	// was larger than the response limit or because the handler flushed it
 	// to the client while running. Such a response is never replayed; see
@@ -27,7 +47,15 @@ type Response struct {
 // every version they know; a new release adds a version rather than
 // changing the meaning of an old one, so records written by one release are
 // read correctly by the next.
-const recordVersion = 1
+//
+// Version 1 holds the status, the headers and the body. Version 2 adds,
+// after the body, the appended headers, the removed header names and the
+// trailers. A response that has none of these is written as version 1, so
+// that a release that knows only version 1 still reads it.
+const (
+	recordVersion1 = 1
+	recordVersion2 = 2
+)
 
 const flagBodyOmitted = 1 << 0
 
@@ -46,35 +74,75 @@ func EncodeResponse(resp *Response) []byte {
 // AppendResponse appends the encoding of resp to dst and returns the
 // extended slice.
 func AppendResponse(dst []byte, resp *Response) []byte {
-	var names [24]string
-	keys := names[:0]
-	size := 16 + len(resp.Body)
-	for k, vv := range resp.Header {
-		keys = append(keys, k)
-		size += len(k) + 2*binary.MaxVarintLen16
-		for _, v := range vv {
-			size += len(v) + binary.MaxVarintLen16
+	version := byte(recordVersion1)
+	size := 16 + len(resp.Body) + headerSize(resp.Header)
+	if len(resp.Added) > 0 || len(resp.Removed) > 0 || len(resp.Trailer) > 0 {
+		version = recordVersion2
+		size += headerSize(resp.Added) + headerSize(resp.Trailer)
+		for _, k := range resp.Removed {
+			size += len(k) + binary.MaxVarintLen16
 		}
 	}
-	slices.Sort(keys)
 	dst = slices.Grow(dst, size)
 
 	var flags byte
 	if resp.BodyOmitted {
 		flags |= flagBodyOmitted
 	}
-	dst = append(dst, recordVersion, flags)
+	dst = append(dst, version, flags)
 	dst = binary.AppendUvarint(dst, uint64(resp.Status))
+	dst = appendHeader(dst, resp.Header)
+	dst = appendBytes(dst, resp.Body)
+	if version == recordVersion1 {
+		return dst
+	}
+	dst = appendHeader(dst, resp.Added)
+	removed := resp.Removed
+	for i := 1; i < len(removed); i++ {
+		if removed[i-1] >= removed[i] { // not sorted and unique: sort a copy
+			removed = slices.Clone(removed)
+			slices.Sort(removed)
+			removed = slices.Compact(removed)
+			break
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(removed)))
+	for _, k := range removed {
+		dst = appendBytes(dst, k)
+	}
+	return appendHeader(dst, resp.Trailer)
+}
+
+func headerSize(h http.Header) int {
+	size := binary.MaxVarintLen16
+	for k, vv := range h {
+		size += len(k) + 2*binary.MaxVarintLen16
+		for _, v := range vv {
+			size += len(v) + binary.MaxVarintLen16
+		}
+	}
+	return size
+}
+
+// appendHeader appends the names of h in sorted order, each with its
+// values.
+func appendHeader(dst []byte, h http.Header) []byte {
+	var names [24]string
+	keys := names[:0]
+	for k := range h {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
 	dst = binary.AppendUvarint(dst, uint64(len(keys)))
 	for _, k := range keys {
-		vv := resp.Header[k]
+		vv := h[k]
 		dst = appendBytes(dst, k)
 		dst = binary.AppendUvarint(dst, uint64(len(vv)))
 		for _, v := range vv {
 			dst = appendBytes(dst, v)
 		}
 	}
-	return appendBytes(dst, resp.Body)
+	return dst
 }
 
 func appendBytes[T string | []byte](dst []byte, s T) []byte {
@@ -82,10 +150,10 @@ func appendBytes[T string | []byte](dst []byte, s T) []byte {
 	return append(dst, s...)
 }
 
-// DecodeResponse decodes data written by EncodeResponse. The returned Body
-// shares memory with data.
+// DecodeResponse decodes data written by EncodeResponse, of any format
+// version this release knows. The returned Body shares memory with data.
 func DecodeResponse(data []byte) (*Response, error) {
-	if len(data) < 2 || data[0] != recordVersion || data[1]&^flagBodyOmitted != 0 {
+	if len(data) < 2 || (data[0] != recordVersion1 && data[0] != recordVersion2) || data[1]&^flagBodyOmitted != 0 {
 		return nil, ErrCorruptRecord
 	}
 	resp := &Response{BodyOmitted: data[1]&flagBodyOmitted != 0}
@@ -95,17 +163,48 @@ func DecodeResponse(data []byte) (*Response, error) {
 		return nil, ErrCorruptRecord
 	}
 	resp.Status = int(status)
-	n := d.count()
-	if n > 0 {
-		resp.Header = make(http.Header, n)
+	resp.Header = d.header()
+	resp.Body = d.bytes()
+	if data[0] == recordVersion2 {
+		resp.Added = d.header()
+		n := d.count()
+		if n > 0 {
+			resp.Removed = make([]string, 0, n)
+		}
+		for i := 0; i < n && d.ok; i++ {
+			name := string(d.bytes())
+			if i > 0 && name <= resp.Removed[i-1] {
+				return nil, ErrCorruptRecord
+			}
+			resp.Removed = append(resp.Removed, name)
+		}
+		resp.Trailer = d.header()
+		if len(resp.Added) == 0 && len(resp.Removed) == 0 && len(resp.Trailer) == 0 {
+			// EncodeResponse writes such a response as version 1.
+			return nil, ErrCorruptRecord
+		}
 	}
+	if !d.ok || len(d.buf) != 0 {
+		return nil, ErrCorruptRecord
+	}
+	return resp, nil
+}
+
+// header reads a header section: nil when it is empty.
+func (d *decoder) header() http.Header {
+	n := d.count()
+	if n == 0 || !d.ok {
+		return nil
+	}
+	h := make(http.Header, n)
 	prev := ""
 	for i := 0; i < n && d.ok; i++ {
 		name := string(d.bytes())
 		if i > 0 && name <= prev {
 			// Names are written sorted and unique; anything else was not
 			// written by EncodeResponse.
-			return nil, ErrCorruptRecord
+			d.ok, d.buf = false, nil
+			return nil
 		}
 		prev = name
 		m := d.count()
@@ -113,13 +212,9 @@ func DecodeResponse(data []byte) (*Response, error) {
 		for j := 0; j < m && d.ok; j++ {
 			vv = append(vv, string(d.bytes()))
 		}
-		resp.Header[name] = vv
+		h[name] = vv
 	}
-	resp.Body = d.bytes()
-	if !d.ok || len(d.buf) != 0 {
-		return nil, ErrCorruptRecord
-	}
-	return resp, nil
+	return h
 }
 
 type decoder struct {

@@ -69,7 +69,7 @@ func TestRule6_5_FormatVersion(t *testing.T) {
 	if enc[0] != 1 || !bytes.Equal(enc, v1) {
 		t.Fatalf("this release writes % x, want format 1 as % x", enc, v1)
 	}
-	unknown := append([]byte{2}, v1[1:]...)
+	unknown := append([]byte{3}, v1[1:]...)
 	if _, err := idem.DecodeResponse(unknown); !errors.Is(err, idem.ErrCorruptRecord) {
 		t.Fatalf("unknown version: %v, want ErrCorruptRecord", err)
 	}
@@ -95,6 +95,7 @@ func TestDecodeCorrupt(t *testing.T) {
 
 func FuzzDecodeResponse(f *testing.F) {
 	f.Add(idem.EncodeResponse(&idem.Response{Status: 201, Header: http.Header{"A": {"1", "2"}}, Body: []byte("x")}))
+	f.Add(idem.EncodeResponse(&idem.Response{Status: 200, Added: http.Header{"Vary": {"A"}}, Removed: []string{"X"}, Trailer: http.Header{"T": {"1"}}}))
 	f.Add([]byte{1, 1, 0xc8, 0x01, 0, 0})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
