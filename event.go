@@ -37,6 +37,12 @@ const (
 	// was taken over) before the response could be recorded; the client got
 	// a 503 problem.
 	OutcomeLockLost
+	// OutcomeCancelled: the handler returned without writing a response
+	// while its request's context was done (the client hung up). Nothing
+	// was recorded and the key was released, so the client's retry runs
+	// the handler again. A handler that has done its side effect by then
+	// calls MarkCommitted, and its empty 200 is recorded instead.
+	OutcomeCancelled
 )
 
 var outcomeNames = [...]string{
@@ -48,6 +54,7 @@ var outcomeNames = [...]string{
 	OutcomeRejected:      "rejected",
 	OutcomeStoreError:    "store_error",
 	OutcomeLockLost:      "lock_lost",
+	OutcomeCancelled:     "cancelled",
 }
 
 // String returns the outcome's snake_case name, as logged.
@@ -88,7 +95,7 @@ func (c *config) report(ev Event) {
 	}
 	level := slog.LevelDebug
 	switch ev.Outcome {
-	case OutcomeConflict, OutcomeMismatch, OutcomeRejected, OutcomeNotReplayable:
+	case OutcomeConflict, OutcomeMismatch, OutcomeRejected, OutcomeNotReplayable, OutcomeCancelled:
 		level = slog.LevelInfo
 	case OutcomeStoreError, OutcomeLockLost:
 		level = slog.LevelError

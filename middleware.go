@@ -73,6 +73,9 @@ type request struct {
 	body  bodyReader
 	lease lease
 	limit io.LimitedReader
+	// cancelled: the handler wrote nothing while its request context was
+	// done; nothing is recorded.
+	cancelled bool
 }
 
 func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
@@ -154,18 +157,46 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 	if err != nil {
 		// The handler ran but its response is not recorded: sending it would
 		// give the client an answer that a retry cannot get again. The key
-		// stays locked until its lease ends.
+		// stays locked until its lease ends. The answer carries the headers
+		// of the outer handlers, not the handler's.
+		c.restoreOuter()
 		m.answer(w, probNotRecorded, cfg.lockRetryAfter, ev)
+		return
+	}
+	if q.cancelled {
+		// net/http ends the response as it would have for the bare
+		// handler; the client is gone.
+		ev.Outcome = OutcomeCancelled
+		cfg.report(ev)
 		return
 	}
 	ev.Status = c.status
 	cfg.report(ev)
-	writeResponse(w, c.header, c.status, c.buf.Bytes(), false)
+	c.send()
 }
 
 // run is the work of the engine: the handler, writing into the capture.
 func (q *request) run(context.Context) ([]byte, bool) {
+	returned := false
+	defer func() {
+		if !returned && q.c.wroteHeader && !q.c.streaming {
+			// The handler panicked. net/http would have held, or already
+			// sent, what it wrote: hand it over, so that the client (and an
+			// outer handler that recovers the panic) meets what it would
+			// without the middleware. The key is released as the panic goes
+			// on.
+			q.c.stream()
+		}
+	}()
 	q.next.ServeHTTP(q.c, q.r)
+	returned = true
+	if !q.c.wroteHeader && q.r.Context().Err() != nil && !q.info.committed.Load() {
+		// The handler gave up without an answer because its request was
+		// cancelled (the client hung up): an empty 200 is not its answer.
+		// The key is released, so that the client's retry runs it.
+		q.cancelled = true
+		return nil, false
+	}
 	q.c.finish()
 	// A streamed response has reached the client in part: it is recorded
 	// whatever its status, so that it is never run twice.
@@ -198,7 +229,7 @@ func (m *Middleware) answerExisting(w http.ResponseWriter, rec *Record, fp strin
 		}
 		ev.Outcome, ev.Status = OutcomeReplayed, resp.Status
 		m.cfg.report(ev)
-		writeResponse(w, resp.Header, resp.Status, resp.Body, true)
+		writeReplay(w, resp)
 	}
 }
 

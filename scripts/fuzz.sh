@@ -14,6 +14,7 @@ targets=(
 	". FuzzParseKey"
 	". FuzzDecodeResponse"
 	". FuzzMiddleware"
+	". FuzzWireMatchesNetHTTP"
 )
 for t in "${targets[@]}"; do
 	read -r pkg name <<<"$t"
