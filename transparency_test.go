@@ -1,0 +1,280 @@
+package idem_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/memstore"
+)
+
+// session sets what outer middleware sets on every response, with values
+// that change per request: a request ID, a session cookie, CORS headers.
+func session(next http.Handler) http.Handler {
+	var n atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		i := strconv.FormatInt(n.Add(1), 10)
+		h := w.Header()
+		h.Set("X-Request-Id", "req-"+i)
+		h.Add("Set-Cookie", "session=s"+i+"; Path=/")
+		h.Add("Vary", "Origin")
+		h.Set("Access-Control-Allow-Origin", "https://shop.example")
+		h.Set("Cache-Control", "private")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// The handler sees the headers outer middleware set and extends them, as
+// under net/http; the record keeps only what the handler added or changed,
+// so a replay carries the outer middleware's headers of the replay (a new
+// request ID and session cookie) with the handler's own on top.
+func TestReplayKeepsHandlerHeadersOverOuterOnes(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	var seen []string
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen = slices.Clone(w.Header()["Set-Cookie"])
+		http.SetCookie(w, &http.Cookie{Name: "pref", Value: "1"})
+		w.Header().Add("Vary", "Accept-Encoding")
+		w.Header().Del("Access-Control-Allow-Origin")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("Location", "/payments/1")
+		w.WriteHeader(http.StatusCreated)
+	})
+	srv := session(idem.New(st)(h))
+	first := do(srv, "POST", "/", "k", "")
+	if len(seen) != 1 || seen[0] != "session=s1; Path=/" {
+		t.Fatalf("the handler saw Set-Cookie %q, want the outer session cookie", seen)
+	}
+	want := http.Header{
+		"X-Request-Id":  {"req-1"},
+		"Set-Cookie":    {"session=s1; Path=/", "pref=1"},
+		"Vary":          {"Origin", "Accept-Encoding"},
+		"Cache-Control": {"no-store"},
+		"Location":      {"/payments/1"},
+	}
+	checkHeader(t, "first answer", first.Result().Header, want)
+
+	replay := do(srv, "POST", "/", "k", "")
+	want["X-Request-Id"] = []string{"req-2"}
+	want["Set-Cookie"] = []string{"session=s2; Path=/", "pref=1"}
+	want["Idempotent-Replayed"] = []string{"true"}
+	checkHeader(t, "replay", replay.Result().Header, want)
+	if replay.Code != http.StatusCreated {
+		t.Fatalf("replay status %d", replay.Code)
+	}
+}
+
+func checkHeader(t *testing.T, what string, got, want http.Header) {
+	t.Helper()
+	for k, vv := range want {
+		if !slices.Equal(got[k], vv) {
+			t.Errorf("%s: %s = %q, want %q", what, k, got[k], vv)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok && k != "Content-Type" {
+			t.Errorf("%s: unexpected %s = %q", what, k, got[k])
+		}
+	}
+}
+
+// When the response cannot be recorded, the middleware's 503 carries the
+// outer middleware's headers, never the handler's (no cookie of an answer
+// the client does not get).
+func TestNotRecordedAnswerDropsHandlerHeaders(t *testing.T) {
+	st, _ := newCountingStore(t)
+	st.set(func(s *countingStore) { s.completeErr = errors.New("store down") })
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.SetCookie(w, &http.Cookie{Name: "pref", Value: "1"})
+		w.Header().Set("Location", "/payments/1")
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "created")
+	})
+	w := do(session(idem.New(st)(h)), "POST", "/", "k", "")
+	wantProblem(t, w, http.StatusServiceUnavailable, "response-not-recorded")
+	if got := w.Result().Header["Set-Cookie"]; !slices.Equal(got, []string{"session=s1; Path=/"}) || w.Header().Get("Location") != "" {
+		t.Fatalf("503 carries Set-Cookie %q and Location %q; want the session cookie only", got, w.Header().Get("Location"))
+	}
+}
+
+// A handler that gives up without writing because its client hung up is
+// not recorded as an empty 200: the key is released, the hook sees
+// OutcomeCancelled, and the retry runs the handler. A handler that marked
+// its side effect committed first is recorded.
+func TestCancelledRequestReleasesKey(t *testing.T) {
+	for _, committed := range []bool{false, true} {
+		st := memstore.New()
+		defer st.Close()
+		var ev events
+		runs := 0
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			runs++
+			if runs > 1 {
+				w.WriteHeader(http.StatusCreated)
+				return
+			}
+			if committed {
+				idem.MarkCommitted(r.Context())
+			}
+			<-r.Context().Done() // the client is gone: nothing to answer
+		})
+		mw := idem.New(st, idem.WithHook(ev.hook))(h)
+		ctx, cancel := context.WithCancel(context.Background())
+		r := httptest.NewRequest("POST", "/", nil).WithContext(ctx)
+		r.Header.Set("Idempotency-Key", "k")
+		cancel()
+		mw.ServeHTTP(httptest.NewRecorder(), r)
+		first := ev.last()
+		retry := do(mw, "POST", "/", "k", "")
+		switch {
+		case !committed && (first.Outcome != idem.OutcomeCancelled || first.Stored):
+			t.Fatalf("cancelled handler: hook saw %v (stored %v), want cancelled", first.Outcome, first.Stored)
+		case !committed && (runs != 2 || retry.Code != http.StatusCreated):
+			t.Fatalf("retry after a cancelled request: %d, runs %d; want the handler run again", retry.Code, runs)
+		case committed && (first.Outcome != idem.OutcomeExecuted || !first.Stored):
+			t.Fatalf("committed handler: hook saw %v (stored %v), want executed and stored", first.Outcome, first.Stored)
+		case committed && (runs != 1 || retry.Code != 200 || retry.Header().Get("Idempotent-Replayed") != "true"):
+			t.Fatalf("retry after a committed, cancelled request: %d, runs %d; want the replay", retry.Code, runs)
+		}
+	}
+}
+
+// Trailers are part of the response: sent live, recorded, and replayed,
+// both declared ones and http.TrailerPrefix ones.
+func TestTrailersRecordedAndReplayed(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	runs := 0
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs++
+		w.Header().Set("Trailer", "X-Checksum")
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, "payload")
+		w.Header().Set("X-Checksum", "sum-"+strconv.Itoa(runs))
+		w.Header().Set(http.TrailerPrefix+"X-Late", "late-"+strconv.Itoa(runs))
+	})
+	srv := httptest.NewServer(idem.New(st)(h))
+	defer srv.Close()
+	for i, wantReplayed := range []string{"", "true"} {
+		resp := postTo(t, srv.URL, "k")
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "payload" || resp.Trailer.Get("X-Checksum") != "sum-1" || resp.Trailer.Get("X-Late") != "late-1" ||
+			resp.Header.Get("Idempotent-Replayed") != wantReplayed {
+			t.Fatalf("answer %d: %q, trailers %v, replayed %q", i, body, resp.Trailer, resp.Header.Get("Idempotent-Replayed"))
+		}
+	}
+	if runs != 1 {
+		t.Fatalf("runs %d", runs)
+	}
+}
+
+func postTo(t *testing.T, url, key string) *http.Response {
+	t.Helper()
+	return postWithTrace(t, url, key, nil)
+}
+
+func postWithTrace(t *testing.T, url, key string, trace *httptrace.ClientTrace) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader("{}"))
+	req.Header.Set("Idempotency-Key", key)
+	if trace != nil {
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// 103 Early Hints reach the client while the handler runs, as under
+// net/http; they are not part of the record, so a replay has none.
+func TestEarlyHintsForwardedNotReplayed(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Link", "</app.css>; rel=preload; as=style")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "done")
+	})
+	srv := httptest.NewServer(idem.New(st)(h))
+	defer srv.Close()
+	for i, wantHints := range []int{1, 0} {
+		var hints []textproto.MIMEHeader
+		resp := postWithTrace(t, srv.URL, "k", &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			if code == http.StatusEarlyHints {
+				hints = append(hints, h)
+			}
+			return nil
+		}})
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if len(hints) != wantHints || resp.StatusCode != http.StatusCreated || resp.Header.Get("Link") == "" {
+			t.Fatalf("answer %d: %d early hints, status %d, Link %q; want %d, 201 and the Link header", i, len(hints), resp.StatusCode, resp.Header.Get("Link"), wantHints)
+		}
+		if wantHints == 1 && hints[0].Get("Link") != "</app.css>; rel=preload; as=style" {
+			t.Fatalf("early hints carried %v", hints[0])
+		}
+	}
+}
+
+// A write after 204 or 304 fails with http.ErrBodyNotAllowed, as under
+// net/http, and nothing of it is stored.
+func TestWriteAfterNoContentNotStored(t *testing.T) {
+	for _, status := range []int{http.StatusNoContent, http.StatusNotModified} {
+		st := memstore.New()
+		defer st.Close()
+		var writeErr error
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(status)
+			_, writeErr = io.WriteString(w, "body")
+		})
+		do(idem.New(st)(h), "POST", "/", "k", "")
+		if !errors.Is(writeErr, http.ErrBodyNotAllowed) {
+			t.Fatalf("%d: Write returned %v, want http.ErrBodyNotAllowed", status, writeErr)
+		}
+		rec, err := st.Claim(context.Background(), "|k", "probe", "x", 1)
+		if err != nil || rec == nil {
+			t.Fatalf("%d: no record (%v)", status, err)
+		}
+		resp, err := idem.DecodeResponse(rec.Result)
+		if err != nil || resp.Status != status || len(resp.Body) != 0 {
+			t.Fatalf("%d: stored %+v (%v), want the status and no body", status, resp, err)
+		}
+	}
+}
+
+// A handler's Connection: close reaches the wire, so the client's
+// connection is closed after the first answer. It describes that
+// connection, not the response: a replay does not carry it.
+func TestConnectionCloseSentNotReplayed(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, "bye")
+	})
+	srv := httptest.NewServer(idem.New(st)(h))
+	defer srv.Close()
+	for i, wantClose := range []bool{true, false} {
+		resp := postTo(t, srv.URL, "k")
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.Close != wantClose || resp.StatusCode != 200 {
+			t.Fatalf("answer %d: status %d, connection closed %v, want %v", i, resp.StatusCode, resp.Close, wantClose)
+		}
+	}
+}
