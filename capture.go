@@ -259,11 +259,14 @@ func (c *capture) send() error {
 		}
 		b = b[n:]
 	}
-	if err == nil && c.refused && int64(c.buf.Len()) == c.contentLength {
-		// net/http counted the refused bytes as written, so it closes the
-		// connection after a response that met its Content-Length exactly;
-		// one refused byte makes it do so here.
-		c.w.Write([]byte{c.refusedByte})
+	if err == nil && c.refused {
+		// net/http counts refused bytes as written: it refuses every later
+		// write and closes the connection after the response. A write it
+		// refuses the same way (one byte past the declared length, no
+		// longer than the handler's refused write) makes it do so here.
+		filler := make([]byte, c.contentLength-int64(c.buf.Len())+1)
+		filler[0] = c.refusedByte
+		c.w.Write(filler)
 	}
 	if final != nil {
 		clear(c.h)

@@ -314,6 +314,7 @@ var wireCases = map[string]script{
 	"Content-Length right":            {{kind: opSet, name: "Content-Length", value: "12"}, {kind: opWrite, n: 12}},
 	"Content-Length too small":        {{kind: opSet, name: "Content-Length", value: "5"}, {kind: opWrite, n: 3}, {kind: opWrite, n: 4}, {kind: opWrite, n: 1}},
 	"Content-Length exact then more":  {{kind: opSet, name: "Content-Length", value: "5"}, {kind: opWrite, n: 5}, {kind: opWrite, n: 1}},
+	"Content-Length exceeded, flush":  {{kind: opSet, name: "Content-Length", value: "5"}, {kind: opWrite, n: 5000}, {kind: opFlush}, {kind: opWrite, n: 1}},
 	"Content-Length too large":        {{kind: opSet, name: "Content-Length", value: "50"}, {kind: opWrite, n: 10}},
 	"Content-Length invalid":          {{kind: opSet, name: "Content-Length", value: "abc"}, {kind: opWrite, n: 10}, {kind: opLook}},
 	"declared trailer":                {{kind: opSet, name: "Trailer", value: "X-Checksum"}, {kind: opWriteHeader, code: 200}, {kind: opWrite, n: 20}, {kind: opSet, name: "X-Checksum", value: "abc"}},
