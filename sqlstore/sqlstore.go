@@ -106,35 +106,44 @@ func New(db *sql.DB, dialect Dialect, opts ...Option) (*Store, error) {
 	return s, nil
 }
 
-// Close stops the background sweeper, cancelling a sweep under way, and
-// waits for it to exit. It does not close the *sql.DB; the Store stays
-// usable. Close is safe to call more than once.
+// Close stops the background sweeper and waits for it to exit. A batch
+// under way is left to finish (it is bounded by sweepBatchTimeout), so that
+// no sweep statement reaches the database after Close has returned. It
+// does not close the *sql.DB; the Store stays usable. Close is safe to call
+// more than once.
 func (s *Store) Close() error {
 	s.cancel()
 	<-s.done
 	return nil
 }
 
-func (s *Store) sweepLoop(ctx context.Context, every time.Duration) {
+// sweepBatchTimeout bounds one batch of the background sweeper.
+const sweepBatchTimeout = 30 * time.Second
+
+func (s *Store) sweepLoop(stop context.Context, every time.Duration) {
 	defer close(s.done)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
-		case <-ctx.Done():
+		case <-stop.Done():
 			return
 		case <-t.C:
-			s.sweep(ctx)
+			s.sweep(stop)
 		}
 	}
 }
 
-// sweep deletes expired records in batches until a batch comes back short.
-func (s *Store) sweep(ctx context.Context) {
-	for ctx.Err() == nil {
+// sweep deletes expired records in batches until a batch comes back short
+// or stop is done. A batch is not cancelled by stop: a statement cancelled
+// by the client may still run on the server after the client has given up.
+func (s *Store) sweep(stop context.Context) {
+	for stop.Err() == nil {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(stop), sweepBatchTimeout)
 		n, err := s.DeleteExpired(ctx, sweepBatch)
+		cancel()
 		if err != nil {
-			if ctx.Err() == nil && s.onSweepError != nil {
+			if stop.Err() == nil && s.onSweepError != nil {
 				s.onSweepError(err)
 			}
 			return

@@ -9,6 +9,7 @@
 package reliability_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -341,6 +342,12 @@ func retryAfter(r reply) int {
 		return -1
 	}
 	return n
+}
+
+// isStoreUnavailable reports whether r is the 503 that says the key could
+// not be checked: the answer a client retries after Retry-After.
+func isStoreUnavailable(r reply) bool {
+	return r.Status == http.StatusServiceUnavailable && bytes.Contains(r.Body, []byte("problem-store-unavailable"))
 }
 
 // pollUntil calls f every interval until it returns true or the deadline
