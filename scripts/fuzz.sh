@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/local/go/bin"
+export GOWORK=off # each target runs in its own module, as scripts/test.sh tests it
 
 FUZZTIME=${FUZZTIME:-10s}
 # package  target
