@@ -175,3 +175,35 @@ func ExampleCanonicalJSON() {
 	// 200 replayed=""
 	// 200 replayed="true"
 }
+
+// Look at the key a client sent, as an operator tool would, and delete it
+// so that the next request with it runs again.
+func ExampleInspector() {
+	store := memstore.New()
+	defer store.Close()
+	scope := func(r *http.Request) string { return r.Header.Get("X-Account-ID") }
+	h := idem.New(store, idem.WithScope(scope))(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	r := httptest.NewRequest("POST", "/refunds", strings.NewReader(`{"charge":"ch_1"}`))
+	r.Header.Set("Idempotency-Key", "refund-ch_1")
+	r.Header.Set("X-Account-ID", "acct_A")
+	h.ServeHTTP(httptest.NewRecorder(), r)
+
+	ins, ok := idem.Store(store).(idem.Inspector)
+	if !ok {
+		return
+	}
+	ctx := context.Background()
+	key := idem.StoreKey("acct_A", "refund-ch_1")
+	ks, _ := ins.Lookup(ctx, key)
+	resp, _ := ks.Response()
+	fmt.Println(ks.State, resp.Status, ks.ExpiresIn > 23*time.Hour)
+
+	deleted, _ := ins.Delete(ctx, key)
+	ks, _ = ins.Lookup(ctx, key)
+	fmt.Println(deleted, ks == nil)
+	// Output:
+	// completed 202 true
+	// true true
+}

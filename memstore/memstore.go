@@ -217,4 +217,34 @@ func (s *Store) Renew(ctx context.Context, key, token string, lease time.Duratio
 	return nil
 }
 
-var _ idem.Store = (*Store)(nil)
+// Lookup implements idem.Inspector.
+func (s *Store) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("memstore: lookup: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	e := s.live(key, now)
+	if e == nil {
+		return nil, nil
+	}
+	return &idem.KeyState{State: e.state, Fingerprint: e.fingerprint, ExpiresIn: e.expires.Sub(now), Result: e.result}, nil
+}
+
+// Delete implements idem.Inspector.
+func (s *Store) Delete(ctx context.Context, key string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, fmt.Errorf("memstore: delete: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	live := s.live(key, s.now()) != nil
+	delete(s.records, key)
+	return live, nil
+}
+
+var (
+	_ idem.Store     = (*Store)(nil)
+	_ idem.Inspector = (*Store)(nil)
+)

@@ -25,8 +25,9 @@
 //
 // # One round trip per operation
 //
-// Claim, Complete, Release and Renew each run one Lua script (EVALSHA, see
-// redis.Script.Run) that touches only KEYS[1], so every operation is atomic,
+// Claim, Complete, Release and Renew (and Lookup, of idem.Inspector) each
+// run one Lua script (EVALSHA, see redis.Script.Run) that touches only
+// KEYS[1], so every operation is atomic,
 // costs one round trip and is routed to the key's slot in a Cluster. Complete,
 // Release and Renew check that the record is in progress and owned by the
 // caller's token inside the script (fencing); otherwise they change nothing
@@ -122,6 +123,19 @@ if rec[1] ~= '` + formatVersion + `' or rec[2] ~= '` + stateInProgress + `' or r
 	return 0
 end`
 
+// lookupScript reads a record without changing it, for operators (it is
+// not preloaded by Load). Returns nil for an
+// absent key, else {v, s, t, f, r, pttl}, as claimScript does.
+var lookupScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+	return nil
+end
+local rec = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'f', 'r')
+rec[6] = redis.call('PTTL', KEYS[1])
+return rec
+`)
+
+// scripts are the scripts of the request path, which Load preloads.
 var scripts = [...]*redis.Script{claimScript, completeScript, releaseScript, renewScript}
 
 // Store is an idem.Store on Redis. Create it with New; it is safe for
@@ -277,4 +291,38 @@ func fenced(op string, cmd *redis.Cmd) error {
 	return fmt.Errorf("redisstore: %s: unexpected script reply %d", op, n)
 }
 
-var _ idem.Store = (*Store)(nil)
+// Lookup implements idem.Inspector with one script that reads the record
+// and its TTL.
+func (s *Store) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
+	res, err := lookupScript.Run(ctx, s.client, []string{s.prefix + key}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: lookup: %w", err)
+	}
+	rec, err := parseRecord(res)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: lookup: %w", err)
+	}
+	ks := &idem.KeyState{State: rec.State, Fingerprint: rec.Fingerprint, Result: rec.Result}
+	if pttl, ok := res.([]interface{})[5].(int64); ok && pttl > 0 {
+		ks.ExpiresIn = time.Duration(pttl) * time.Millisecond
+	}
+	return ks, nil
+}
+
+// Delete implements idem.Inspector with DEL. Redis removes expired keys
+// itself, so a key that DEL finds was live.
+func (s *Store) Delete(ctx context.Context, key string) (bool, error) {
+	n, err := s.client.Del(ctx, s.prefix+key).Result()
+	if err != nil {
+		return false, fmt.Errorf("redisstore: delete: %w", err)
+	}
+	return n > 0, nil
+}
+
+var (
+	_ idem.Store     = (*Store)(nil)
+	_ idem.Inspector = (*Store)(nil)
+)

@@ -100,6 +100,7 @@ type queries struct {
 	renew  string // $1 key, $2 token, $3 lease
 	delete string // $1 key, $2 token: Release
 	sweep  string // $1 limit (see noLimit)
+	remove string // $1 key: Delete of a live record
 
 	// takeover, if set, makes claim an insert that changes no row if the
 	// key exists, run with Exec, and takeover the UPDATE that takes over an
@@ -208,6 +209,7 @@ WHERE ` + fenced,
 SET expires_at = clock_timestamp() + interval '1 microsecond' * $3::float8
 WHERE ` + fenced,
 	"delete": `DELETE FROM {table} WHERE ` + fenced,
+	"remove": `DELETE FROM {table} WHERE key = $1 AND expires_at > clock_timestamp()`,
 	// The rows are picked through the expires_at index, locked so that a
 	// concurrent takeover waits (and rows another sweeper holds are
 	// skipped), and checked again as they are deleted.
@@ -263,6 +265,7 @@ SET state = 2, token = X'', result = ?3, expires_at = {now} + ?4
 WHERE ` + fenced,
 	"renew":  `UPDATE {table} SET expires_at = {now} + ?3 WHERE ` + fenced,
 	"delete": `DELETE FROM {table} WHERE ` + fenced,
+	"remove": `DELETE FROM {table} WHERE key = ?1 AND expires_at > {now}`,
 	"sweep": `DELETE FROM {table}
 WHERE rowid IN (
     SELECT rowid FROM {table} WHERE expires_at <= {now}
@@ -331,6 +334,7 @@ SET state = 2, token = X'', result = ?3, expires_at = {now} + INTERVAL ?4 MICROS
 WHERE {fenced}`,
 	"renew":  `UPDATE {table} SET expires_at = {now} + INTERVAL ?3 MICROSECOND WHERE {fenced}`,
 	"delete": `DELETE FROM {table} WHERE {fenced}`,
+	"remove": `DELETE FROM {table} WHERE ` + "`key`" + ` = ?1 AND expires_at > {now}`,
 	// Picked in expires_at order through its index.
 	"sweep": `DELETE FROM {table} WHERE expires_at <= {now} ORDER BY expires_at LIMIT ?1`,
 }
@@ -385,6 +389,7 @@ func (d Dialect) queries(table string) (*queries, error) {
 			finish:  p("finish"),
 			renew:   p("renew"),
 			delete:  p("delete"),
+			remove:  p("remove"),
 			sweep:   p("sweep"),
 			noLimit: nil, // LIMIT NULL
 		}, nil
@@ -412,6 +417,7 @@ func (d Dialect) queries(table string) (*queries, error) {
 			finish:    p("finish"),
 			renew:     p("renew"),
 			delete:    p("delete"),
+			remove:    p("remove"),
 			sweep:     p("sweep"),
 			noLimit:   int64(-1), // LIMIT -1
 		}, nil
@@ -450,6 +456,7 @@ func mysqlQueries(schemaName, name string) *queries {
 	q.lock, q.unlock = p("lock"), p("unlock")
 	q.claim, q.takeover = p("claim"), p("takeover")
 	q.read, q.finish, q.renew, q.delete, q.sweep = p("read"), p("finish"), p("renew"), p("delete"), p("sweep")
+	q.remove = p("remove")
 	return q
 }
 

@@ -495,4 +495,53 @@ func sqlStateField(err error) string {
 	return ""
 }
 
-var _ idem.Store = (*Store)(nil)
+// Lookup implements idem.Inspector with one SELECT that neither writes nor
+// locks the record.
+func (s *Store) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
+	var (
+		won                  bool
+		version, state, left int64
+		token, fp, result    []byte
+	)
+	err := s.db.QueryRowContext(ctx, s.q.read, s.q.bind(s.q.read, []any{[]byte(key)})...).Scan(&won, &version, &state, &token, &fp, &left, &result)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("sqlstore: lookup: %w", err)
+	case left <= 0:
+		return nil, nil
+	case version != formatVersion:
+		return nil, fmt.Errorf("sqlstore: lookup: the record has format version %d, this release reads version %d: %w", version, formatVersion, idem.ErrCorruptRecord)
+	}
+	ks := &idem.KeyState{Fingerprint: string(fp), ExpiresIn: time.Duration(left) * s.q.unit}
+	switch state {
+	case stateInProgress:
+		ks.State = idem.StateInProgress
+	case stateCompleted:
+		ks.State = idem.StateCompleted
+		ks.Result = nonNil(result)
+	default:
+		return nil, fmt.Errorf("sqlstore: lookup: the record has unknown state %d: %w", state, idem.ErrCorruptRecord)
+	}
+	return ks, nil
+}
+
+// Delete implements idem.Inspector with one DELETE of the key's live row.
+// An expired row is left to the sweeper: it counts as absent already.
+func (s *Store) Delete(ctx context.Context, key string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, s.q.remove, s.q.bind(s.q.remove, []any{[]byte(key)})...)
+	if err != nil {
+		return false, fmt.Errorf("sqlstore: delete: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("sqlstore: delete: %w", err)
+	}
+	return n > 0, nil
+}
+
+var (
+	_ idem.Store     = (*Store)(nil)
+	_ idem.Inspector = (*Store)(nil)
+)

@@ -76,6 +76,10 @@ func RunConfig(t *testing.T, c Config) {
 		{"AwkwardKeys", s.awkwardKeys},
 		{"KeysAreIndependent", s.keysIndependent},
 		{"CancelledContextIsAnError", s.cancelledContext},
+		// The optional idem.Inspector part: skipped for stores without it.
+		{"InspectorLookup", s.inspectLookup},
+		{"InspectorLookupExpired", s.inspectExpired},
+		{"InspectorDelete", s.inspectDelete},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -514,6 +518,130 @@ func (s *suite) cancelledContext(t *testing.T) {
 	}
 	if errors.Is(err, idem.ErrLockLost) {
 		t.Fatalf("Claim with a cancelled context returned ErrLockLost, want a store error")
+	}
+}
+
+// inspector returns the store of a new sub-test as an idem.Inspector, or
+// skips the sub-test if the store is not one.
+func (s *suite) inspector(t *testing.T) (idem.Store, idem.Inspector) {
+	st := s.NewStore(t)
+	ins, ok := st.(idem.Inspector)
+	if !ok {
+		t.Skipf("%T does not implement idem.Inspector", st)
+	}
+	return st, ins
+}
+
+func mustLookup(t *testing.T, ins idem.Inspector, key string) *idem.KeyState {
+	t.Helper()
+	ks, err := ins.Lookup(ctx(t), key)
+	if err != nil {
+		t.Fatalf("Lookup(%q): %v", key, err)
+	}
+	return ks
+}
+
+func (s *suite) inspectLookup(t *testing.T) {
+	st, ins := s.inspector(t)
+	key := uniq(t, "k")
+	if ks := mustLookup(t, ins, key); ks != nil {
+		t.Fatalf("Lookup of a key never used = %+v, want nil", ks)
+	}
+	mustClaim(t, st, key, "owner", "fp-1", 30*time.Second)
+	ks := mustLookup(t, ins, key)
+	if ks == nil || ks.State != idem.StateInProgress || ks.Fingerprint != "fp-1" || ks.Result != nil {
+		t.Fatalf("Lookup of an in-progress key = %+v", ks)
+	}
+	if ks.ExpiresIn <= 0 || ks.ExpiresIn > 30*time.Second {
+		t.Fatalf("in progress: ExpiresIn = %v, want the lease left, within (0, 30s]", ks.ExpiresIn)
+	}
+	// Looking changes nothing: the owner still owns the key.
+	if err := st.Complete(ctx(t), key, "owner", []byte("result-1"), 2*time.Hour); err != nil {
+		t.Fatalf("owner's Complete after Lookup: %v", err)
+	}
+	ks = mustLookup(t, ins, key)
+	if ks == nil || ks.State != idem.StateCompleted || ks.Fingerprint != "fp-1" || string(ks.Result) != "result-1" {
+		t.Fatalf("Lookup of a completed key = %+v", ks)
+	}
+	if ks.ExpiresIn <= time.Hour || ks.ExpiresIn > 2*time.Hour {
+		t.Fatalf("completed: ExpiresIn = %v, want the retention left, within (1h, 2h]", ks.ExpiresIn)
+	}
+	if rec := mustRecord(t, st, key); rec.State != idem.StateCompleted || string(rec.Result) != "result-1" {
+		t.Fatalf("record after Lookup: %+v", rec)
+	}
+	// Released keys are absent.
+	other := uniq(t, "released")
+	mustClaim(t, st, other, "owner", "fp", longLease)
+	if err := st.Release(ctx(t), other, "owner"); err != nil {
+		t.Fatal(err)
+	}
+	if ks := mustLookup(t, ins, other); ks != nil {
+		t.Fatalf("Lookup of a released key = %+v, want nil", ks)
+	}
+	c, cancel := context.WithCancel(context.Background())
+	cancel()
+	if ks, err := ins.Lookup(c, key); err == nil {
+		t.Fatalf("Lookup with a cancelled context returned %+v and no error", ks)
+	}
+}
+
+func (s *suite) inspectExpired(t *testing.T) {
+	st, ins := s.inspector(t)
+	lease, done := uniq(t, "lease"), uniq(t, "done")
+	mustClaim(t, st, lease, "owner", "fp", time.Second)
+	mustClaim(t, st, done, "owner", "fp", longLease)
+	if err := st.Complete(ctx(t), done, "owner", []byte("r"), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.Wait(t, 1500*time.Millisecond)
+	for _, k := range []string{lease, done} {
+		if ks := mustLookup(t, ins, k); ks != nil {
+			t.Fatalf("Lookup of an expired key = %+v, want nil", ks)
+		}
+	}
+	if ok, err := ins.Delete(ctx(t), lease); err != nil || ok {
+		t.Fatalf("Delete of an expired key = %v, %v; want false, nil", ok, err)
+	}
+}
+
+func (s *suite) inspectDelete(t *testing.T) {
+	st, ins := s.inspector(t)
+	done, running, absent := uniq(t, "done"), uniq(t, "running"), uniq(t, "absent")
+
+	mustClaim(t, st, done, "owner", "fp-1", longLease)
+	if err := st.Complete(ctx(t), done, "owner", []byte("first"), longTTL); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := ins.Delete(ctx(t), done); err != nil || !ok {
+		t.Fatalf("Delete of a completed key = %v, %v; want true, nil", ok, err)
+	}
+	if ks := mustLookup(t, ins, done); ks != nil {
+		t.Fatalf("Lookup after Delete = %+v, want nil", ks)
+	}
+	// The next request with the key runs again.
+	mustClaim(t, st, done, "next", "fp-2", longLease)
+
+	mustClaim(t, st, running, "owner", "fp", longLease)
+	if ok, err := ins.Delete(ctx(t), running); err != nil || !ok {
+		t.Fatalf("Delete of an in-progress key = %v, %v; want true, nil", ok, err)
+	}
+	mustClaim(t, st, running, "second", "fp", longLease)
+	// The first owner is fenced out; the second one is not disturbed.
+	wantLockLost(t, "the deleted owner's Complete", st.Complete(ctx(t), running, "owner", []byte("x"), longTTL))
+	if err := st.Complete(ctx(t), running, "second", []byte("y"), longTTL); err != nil {
+		t.Fatalf("the new owner's Complete: %v", err)
+	}
+
+	if ok, err := ins.Delete(ctx(t), absent); err != nil || ok {
+		t.Fatalf("Delete of an absent key = %v, %v; want false, nil", ok, err)
+	}
+	c, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := ins.Delete(c, done); err == nil {
+		t.Fatal("Delete with a cancelled context returned no error")
+	}
+	if ks := mustLookup(t, ins, done); ks == nil || ks.Fingerprint != "fp-2" {
+		t.Fatalf("a Delete with a cancelled context changed the key: %+v", ks)
 	}
 }
 
