@@ -4,7 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // Outcome is what happened to one request (or one call of Do).
@@ -84,14 +86,37 @@ type Event struct {
 	Err error
 	// Request is the request, or nil for Do.
 	Request *http.Request
+
+	// Problem is the type of the problem response the middleware sent
+	// itself (ProblemTypeBase + "key-invalid", ...), or "" when the client
+	// got the handler's response (or a replay of it). For OutcomeRejected
+	// it says what was refused.
+	Problem string
+	// Reason is, for OutcomeRejected, why the request was refused, in the
+	// words sent to the client (for example "The Idempotency-Key holds a
+	// comma: send one key, not a list."). It never holds the key itself.
+	Reason string
+	// Duration is the time from the middleware (or Do) receiving the
+	// request to this report, the handler and every store call included;
+	// the response is sent after it.
+	Duration time.Duration
+	// HandlerDuration is the time the handler (or Do's fn) ran; zero when
+	// it did not run under the key. Duration - HandlerDuration is the
+	// overhead of idempotency: the body read, the fingerprint and the store
+	// calls (see the store wrappers of idemprom and idemotel for each
+	// call's own time).
+	HandlerDuration time.Duration
+
+	// start is when the middleware or Do received the request.
+	start time.Time
 }
 
 func (c *config) report(ev Event) {
+	if !ev.start.IsZero() {
+		ev.Duration = time.Since(ev.start)
+	}
 	if c.hook != nil {
 		c.hook(ev)
-	}
-	if c.logger == nil {
-		return
 	}
 	level := slog.LevelDebug
 	switch ev.Outcome {
@@ -100,11 +125,20 @@ func (c *config) report(ev Event) {
 	case OutcomeStoreError, OutcomeLockLost:
 		level = slog.LevelError
 	}
+	logger := c.logger
+	if logger == nil {
+		if level < slog.LevelError {
+			return
+		}
+		// Without WithLogger, failures of the store still reach the
+		// program's default logger: a 503 must never be silent.
+		logger = slog.Default()
+	}
 	ctx := context.Background()
 	if ev.Request != nil {
 		ctx = ev.Request.Context()
 	}
-	if !c.logger.Enabled(ctx, level) {
+	if !logger.Enabled(ctx, level) {
 		return
 	}
 	attrs := []slog.Attr{
@@ -126,7 +160,19 @@ func (c *config) report(ev Event) {
 	if ev.Request != nil {
 		attrs = append(attrs, slog.String("method", ev.Request.Method), slog.String("path", ev.Request.URL.Path))
 	}
-	c.logger.LogAttrs(ctx, level, "idempotency", attrs...)
+	if ev.Problem != "" {
+		attrs = append(attrs, slog.String("problem", strings.TrimPrefix(ev.Problem, ProblemTypeBase)))
+	}
+	if ev.Reason != "" {
+		attrs = append(attrs, slog.String("reason", ev.Reason))
+	}
+	if ev.Duration > 0 {
+		attrs = append(attrs, slog.Duration("duration", ev.Duration))
+	}
+	if ev.HandlerDuration > 0 {
+		attrs = append(attrs, slog.Duration("handler", ev.HandlerDuration))
+	}
+	logger.LogAttrs(ctx, level, "idempotency", attrs...)
 }
 
 // requestInfo is what the middleware tells the handler through the

@@ -71,6 +71,7 @@ func (e *InProgressError) Is(target error) bool { return target == ErrInProgress
 // Options that concern HTTP only (methods, header, body and response limits,
 // scope, fingerprint, policy, fail-open) are ignored.
 func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx context.Context) ([]byte, error), opts ...Option) ([]byte, error) {
+	start := time.Now()
 	cfg, err := build(opts)
 	if err != nil {
 		return nil, err
@@ -78,41 +79,44 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 	e := &engine{store: store, cfg: cfg}
 	token, rec, err := e.claim(ctx, key, fingerprint)
 	if err != nil {
-		e.cfg.report(Event{Outcome: OutcomeStoreError, Key: key, Err: err})
+		e.cfg.report(Event{start: start, Outcome: OutcomeStoreError, Key: key, Err: err})
 		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	}
 	if rec != nil {
 		switch {
 		case rec.Fingerprint != fingerprint:
-			e.cfg.report(Event{Outcome: OutcomeMismatch, Key: key})
+			e.cfg.report(Event{start: start, Outcome: OutcomeMismatch, Key: key})
 			return nil, ErrFingerprintMismatch
 		case rec.State == StateInProgress:
-			e.cfg.report(Event{Outcome: OutcomeConflict, Key: key})
+			e.cfg.report(Event{start: start, Outcome: OutcomeConflict, Key: key})
 			return nil, &InProgressError{RetryAfter: rec.LeaseLeft}
 		}
-		e.cfg.report(Event{Outcome: OutcomeReplayed, Key: key})
+		e.cfg.report(Event{start: start, Outcome: OutcomeReplayed, Key: key})
 		return bytes.Clone(rec.Result), nil // the store's copy stays intact
 	}
 	var (
 		fnErr  error
 		result []byte
+		ran    time.Duration
 	)
 	ctx = withInfo(ctx, &requestInfo{key: key})
 	_, stored, err := e.execute(ctx, key, token, new(lease), workFunc(func(ctx context.Context) ([]byte, bool) {
+		t0 := time.Now()
 		result, fnErr = fn(ctx)
+		ran = time.Since(t0)
 		// The store keeps its own copy, so that neither fn nor the caller can
 		// change what later callers get.
 		return bytes.Clone(result), fnErr == nil
 	}))
 	switch {
 	case errors.Is(err, ErrLockLost):
-		e.cfg.report(Event{Outcome: OutcomeLockLost, Key: key, Err: err})
+		e.cfg.report(Event{start: start, Outcome: OutcomeLockLost, Key: key, Err: err, HandlerDuration: ran})
 		return result, err
 	case err != nil:
-		e.cfg.report(Event{Outcome: OutcomeStoreError, Key: key, Err: err})
+		e.cfg.report(Event{start: start, Outcome: OutcomeStoreError, Key: key, Err: err, HandlerDuration: ran})
 		return result, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	}
-	e.cfg.report(Event{Outcome: OutcomeExecuted, Key: key, Stored: stored})
+	e.cfg.report(Event{start: start, Outcome: OutcomeExecuted, Key: key, Stored: stored, HandlerDuration: ran})
 	if fnErr != nil {
 		return nil, fnErr
 	}

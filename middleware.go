@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"time"
 )
 
 // Middleware protects handlers with idempotency keys. Build it with
@@ -76,6 +77,7 @@ type request struct {
 	// cancelled: the handler wrote nothing while its request context was
 	// done; nothing is recorded.
 	cancelled bool
+	ran       time.Duration // how long the handler ran
 }
 
 func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
@@ -84,13 +86,14 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		next.ServeHTTP(w, r)
 		return
 	}
+	start := time.Now()
 	key, err := parseKey(r.Header.Values(cfg.header), cfg.maxKeyLen)
 	if err != nil {
 		if err == errKeyMissing && !cfg.requireKey {
 			next.ServeHTTP(w, r)
 			return
 		}
-		m.answer(w, probKey(err), 0, Event{Outcome: OutcomeRejected, Request: r})
+		m.answer(w, probKey(err), 0, Event{Outcome: OutcomeRejected, Request: r, start: start})
 		return
 	}
 	q := &request{m: m, next: next}
@@ -98,7 +101,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	if cfg.scope != nil {
 		q.info.scope = cfg.scope(r)
 	}
-	ev := Event{Key: key, Scope: q.info.scope, Request: r}
+	ev := Event{Key: key, Scope: q.info.scope, Request: r, start: start}
 
 	body, ok := q.readBody(w, r, ev)
 	if !ok {
@@ -138,7 +141,7 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 	defer q.c.free()
 
 	_, stored, err := m.e.execute(r.Context(), skey, token, &q.lease, q)
-	ev.Stored = stored
+	ev.Stored, ev.HandlerDuration = stored, q.ran
 	switch {
 	case err == nil:
 		ev.Outcome = OutcomeExecuted
@@ -188,7 +191,9 @@ func (q *request) run(context.Context) ([]byte, bool) {
 			q.c.stream()
 		}
 	}()
+	start := time.Now()
 	q.next.ServeHTTP(q.c, q.r)
+	q.ran = time.Since(start)
 	returned = true
 	if !q.c.wroteHeader && q.r.Context().Err() != nil && !q.info.committed.Load() {
 		// The handler gave up without an answer because its request was
@@ -235,7 +240,10 @@ func (m *Middleware) answerExisting(w http.ResponseWriter, rec *Record, fp strin
 
 // answer reports ev and sends the problem p.
 func (m *Middleware) answer(w http.ResponseWriter, p rendered, retryAfter int, ev Event) {
-	ev.Status = p.status
+	ev.Status, ev.Problem = p.status, p.typ
+	if ev.Outcome == OutcomeRejected {
+		ev.Reason = p.detail
+	}
 	m.cfg.report(ev)
 	writeProblem(w, p, retryAfter)
 }

@@ -282,7 +282,10 @@ func WithHook(f func(Event)) Option {
 
 // WithLogger logs every outcome through l: executions and replays at Debug,
 // conflicts, mismatches and refused keys at Info, store errors and lost
-// locks at Error (default: no logging).
+// locks at Error. By default (or with a nil l) only store errors and lost
+// locks are logged, through slog.Default(), so that a store that fails is
+// never silent; to drop them too, pass a logger whose handler discards
+// them.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) { c.logger = l }
 }

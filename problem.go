@@ -46,6 +46,8 @@ type rendered struct {
 	status int
 	body   []byte
 	length []string // Content-Length
+	typ    string   // the problem type, for Event.Problem
+	detail string   // the detail, for Event.Reason
 }
 
 func mustRender(p *problem) rendered {
@@ -53,7 +55,7 @@ func mustRender(p *problem) rendered {
 	if err != nil {
 		panic(err)
 	}
-	return rendered{status: p.Status, body: b, length: []string{strconv.Itoa(len(b))}}
+	return rendered{status: p.Status, body: b, length: []string{strconv.Itoa(len(b))}, typ: p.Type, detail: p.Detail}
 }
 
 // Header values shared by every problem response; net/http never changes
