@@ -9,7 +9,11 @@
 //	go run ./example -store mysql://user:pass@127.0.0.1:3306/db  # MySQL, MariaDB
 //
 // Endpoints: GET /healthz, POST /payments (JSON {"amount": int, "currency":
-// string}, plus the test fields "delay_ms" and "fail"), GET /payments.
+// string}, plus the test fields "delay_ms" and "fail"), GET /payments, and
+// with -metrics, GET /metrics (Prometheus). With -admin ADDR, a second
+// listener serves GET and DELETE /keys/{key} to look at a client's key and
+// delete it (see admin.go). Every idempotency outcome is logged to stderr
+// (-log-level info hides executions and replays).
 package main
 
 import (
@@ -24,6 +28,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/idemgo/idem"
 )
 
 func main() {
@@ -39,6 +45,10 @@ func run(args []string) error {
 	storeSpec := fs.String("store", "memory", "store: memory, sqlite:PATH, redis://host:port/db, redis-cluster://host:port?addr=host2:port2, postgres://..., mysql://user:pass@host:port/db")
 	ttl := fs.Duration("ttl", 24*time.Hour, "how long completed responses are kept for replay")
 	lockTTL := fs.Duration("lock-ttl", 30*time.Second, "lease of an in-flight request")
+	metrics := fs.Bool("metrics", false, "serve Prometheus metrics on GET /metrics")
+	adminAddr := fs.String("admin", "", "listen address of the key inspection endpoints (off when empty); keep it private")
+	var level slog.Level
+	fs.TextVar(&level, "log-level", slog.LevelDebug, "lowest level logged: debug logs every outcome, info conflicts, mismatches and refusals, error store failures")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -49,7 +59,8 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(logger)
 	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	store, closeStore, err := openStore(openCtx, *storeSpec)
 	cancel()
@@ -58,9 +69,23 @@ func run(args []string) error {
 	}
 	defer closeStore()
 
-	handler, err := newService(store, *ttl, *lockTTL, logger)
+	handler, err := newService(store, *ttl, *lockTTL, logger, *metrics)
 	if err != nil {
 		return err
+	}
+	if *adminAddr != "" {
+		ins, ok := store.(idem.Inspector)
+		if !ok {
+			return fmt.Errorf("-admin: store %s cannot inspect keys", storeKind(*storeSpec))
+		}
+		aln, err := net.Listen("tcp", *adminAddr)
+		if err != nil {
+			return err
+		}
+		admin := &http.Server{Handler: newAdmin(ins), ReadHeaderTimeout: 10 * time.Second}
+		fmt.Printf("admin listening on %s\n", aln.Addr())
+		go admin.Serve(aln)
+		defer admin.Close()
 	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {

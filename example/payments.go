@@ -12,7 +12,11 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/idemprom"
 )
 
 // payment is one payment the service has made.
@@ -42,13 +46,29 @@ type service struct {
 
 // newService returns the routes of the example API, POST /payments protected
 // by idem with keys scoped by the Authorization header.
-func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logger) (http.Handler, error) {
-	protect, err := idem.NewMiddleware(store,
+//
+// With metrics, the store calls and outcomes are counted by idemprom and
+// served on GET /metrics.
+func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logger, metrics bool) (http.Handler, error) {
+	opts := []idem.Option{
 		idem.WithTTL(ttl),
 		idem.WithLockTTL(lockTTL),
-		idem.WithScope(func(r *http.Request) string { return r.Header.Get("Authorization") }),
+		idem.WithScope(scopeOf),
 		idem.WithLogger(logger),
-	)
+	}
+	var reg *prometheus.Registry
+	if metrics {
+		reg = prometheus.NewRegistry()
+		m, err := idemprom.New(reg, idemprom.WithRoute(func(r *http.Request) string {
+			return chi.RouteContext(r.Context()).RoutePattern()
+		}))
+		if err != nil {
+			return nil, err
+		}
+		store = m.Store(store)
+		opts = append(opts, idem.WithHook(m.Hook))
+	}
+	protect, err := idem.NewMiddleware(store, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -60,8 +80,15 @@ func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logge
 	})
 	r.With(protect.Handler).Post("/payments", s.create)
 	r.Get("/payments", s.list)
+	if reg != nil {
+		r.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	}
 	return r, nil
 }
+
+// scopeOf names the principal of a request: the one the middleware scopes
+// keys by, and the one the admin endpoints look keys up under.
+func scopeOf(r *http.Request) string { return r.Header.Get("Authorization") }
 
 func (s *service) create(w http.ResponseWriter, r *http.Request) {
 	s.executions.Add(1)
