@@ -233,13 +233,15 @@ my_user_args() { if is_root; then echo --user=mysql; fi; }
 # background (the slow part, a few seconds), while the other servers start.
 init_mysql() {
 	MY_DIR="$TMP/mysql"
-	mkdir -p "$MY_DIR"
-	if is_root; then chown mysql: "$MY_DIR"; fi
+	# A temp dir of its own: in the shared /tmp, another server's files
+	# (another run's bootstrap, say) can collide with its temporary tables.
+	mkdir -p "$MY_DIR/tmp"
+	if is_root; then chown mysql: "$MY_DIR" "$MY_DIR/tmp"; fi
 	# --auth-root-authentication-method=normal: root without a password over
 	# TCP from 127.0.0.1, rather than the unix_socket plugin's OS-user check.
 	# In a session of its own, so that cleanup can stop it with the server
 	# it bootstraps.
-	setsid mariadb-install-db --no-defaults --datadir="$MY_DIR/data" $(my_user_args) \
+	setsid mariadb-install-db --no-defaults --datadir="$MY_DIR/data" --tmpdir="$MY_DIR/tmp" $(my_user_args) \
 		--auth-root-authentication-method=normal --skip-test-db >"$MY_DIR/install.log" 2>&1 &
 	MY_INIT_PID=$!
 }
@@ -258,7 +260,7 @@ start_mysql() {
 		: >"$MY_DIR/error.log" && { ! is_root || chown mysql: "$MY_DIR/error.log"; }
 		# Durability settings are relaxed as for PostgreSQL (fsync=off): the
 		# tests need correctness across processes, not across power loss.
-		"$bin" --no-defaults --datadir="$MY_DIR/data" --socket="$MY_DIR/mysqld.sock" \
+		"$bin" --no-defaults --datadir="$MY_DIR/data" --tmpdir="$MY_DIR/tmp" --socket="$MY_DIR/mysqld.sock" \
 			--port="$PORT" --bind-address=127.0.0.1 --skip-name-resolve $(my_user_args) \
 			--pid-file="$MY_PIDFILE" --log-error="$MY_DIR/error.log" --skip-log-bin \
 			--max-connections=300 --innodb-buffer-pool-size=128M \
