@@ -167,7 +167,9 @@
 // than the timeout, the call fails with that error, an ordinary store error
 // that the middleware answers with 503; it never claims. Note that the
 // driver does not cut a busy wait short when the call's context ends, so a
-// call can block for up to the busy timeout.
+// call can block for up to the busy timeout. Use modernc.org/sqlite v1.57.0
+// or later: earlier versions can keep the write lock on a pooled
+// connection after a call whose context ended as a row came back.
 //
 // Several processes may share the file, on one host (not over a network
 // file system). Within a process, the default pool (a connection per
