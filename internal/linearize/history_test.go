@@ -335,6 +335,11 @@ func shortErr(err error) string {
 // a busy machine; if it is, the test fails rather than pass unchecked.
 const checkTimeout = 2 * time.Minute
 
+// verify checks history against the Store model.
+func verify(history []porcupine.Operation) (porcupine.CheckResult, porcupine.LinearizationInfo) {
+	return porcupine.CheckOperationsVerbose(storeModel(), history, checkTimeout)
+}
+
 // check fails t unless history is linearizable under the Store model. On
 // failure it writes porcupine's visualisation of the history (an HTML file)
 // to the directory named by IDEM_LINEARIZE_OUT, or to a new directory under
@@ -342,7 +347,7 @@ const checkTimeout = 2 * time.Minute
 // path. It returns whether the history passed.
 func check(t testing.TB, name string, history []porcupine.Operation) bool {
 	t.Helper()
-	res, info := porcupine.CheckOperationsVerbose(storeModel(), history, checkTimeout)
+	res, info := verify(history)
 	switch res {
 	case porcupine.Ok:
 		return true
@@ -350,7 +355,7 @@ func check(t testing.TB, name string, history []porcupine.Operation) bool {
 		t.Errorf("%s: the checker gave up after %v (%v); make the histories smaller", name, checkTimeout, statsOf(history))
 		return false
 	}
-	path := visualise(t, name, info)
+	path := visualise(t, "", name, info)
 	t.Errorf("%s: history is not linearizable (%v); visualisation: %s", name, statsOf(history), path)
 	logFailingKeys(t, history)
 	return false
@@ -380,10 +385,13 @@ func logFailingKeys(t testing.TB, history []porcupine.Operation) {
 	}
 }
 
-// visualise writes the visualisation of info and returns its path.
-func visualise(t testing.TB, name string, info porcupine.LinearizationInfo) string {
+// visualise writes the visualisation of info to dir (if empty, see check)
+// and returns its path.
+func visualise(t testing.TB, dir, name string, info porcupine.LinearizationInfo) string {
 	t.Helper()
-	dir := os.Getenv("IDEM_LINEARIZE_OUT")
+	if dir == "" {
+		dir = os.Getenv("IDEM_LINEARIZE_OUT")
+	}
 	if dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Logf("IDEM_LINEARIZE_OUT: %v; using a temporary directory", err)
