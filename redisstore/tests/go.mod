@@ -15,6 +15,7 @@ replace (
 require (
 	github.com/alicebob/miniredis/v2 v2.40.0
 	github.com/redis/go-redis/v9 v9.17.3
+	go.uber.org/goleak v1.3.0
 )
 
 require (

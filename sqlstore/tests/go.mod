@@ -15,6 +15,7 @@ replace (
 require (
 	github.com/go-sql-driver/mysql v1.10.1
 	github.com/jackc/pgx/v5 v5.7.4
+	go.uber.org/goleak v1.3.0
 	modernc.org/sqlite v1.57.0
 )
 
