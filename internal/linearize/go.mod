@@ -19,6 +19,7 @@ require (
 	github.com/prometheus/client_golang v1.13.0
 	github.com/redis/go-redis/v9 v9.17.3
 	github.com/rs/zerolog v1.28.0
+	go.uber.org/goleak v1.3.0
 	modernc.org/sqlite v1.57.0
 )
 
