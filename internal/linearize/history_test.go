@@ -40,9 +40,14 @@ type workload struct {
 	// pause, when set, makes each client wait up to pause between calls,
 	// so that a history lasts long enough for short leases to run out.
 	pause time.Duration
-	// faults, when set, runs beside the clients from the first call to the
-	// last and stops when its context ends.
-	faults func(ctx context.Context)
+	// faults, when set, runs beside the clients from the first call and
+	// stops when its context ends: once three quarters of the calls have
+	// been made. The last quarter runs without faults, with calls bounded
+	// by calmTimeout, so that a history also shows how the store stands
+	// once the faults are over, and holds successful calls however slow
+	// the machine is.
+	faults      func(ctx context.Context)
+	calmTimeout time.Duration
 	// lossy says whether calls may fail; when false, a call that returns
 	// an error other than idem.ErrLockLost fails the test.
 	lossy bool
@@ -206,7 +211,16 @@ func record(t testing.TB, store idem.Store, prefix string, w workload, seed int6
 			pick := func(lo, hi time.Duration) time.Duration {
 				return lo + time.Duration(rnd.Int63n(int64(hi-lo)+1))
 			}
-			for budget.Add(-1) >= 0 && time.Now().Before(deadline) {
+			for {
+				left := budget.Add(-1)
+				if left < 0 || !time.Now().Before(deadline) {
+					break
+				}
+				timeout := w.callTimeout
+				if w.faults != nil && left < int64(w.ops/4) {
+					stopFaults()
+					timeout = w.calmTimeout
+				}
 				if w.pause > 0 {
 					time.Sleep(time.Duration(rnd.Int63n(int64(w.pause))))
 				}
@@ -263,7 +277,7 @@ func record(t testing.TB, store idem.Store, prefix string, w workload, seed int6
 					}
 				}
 
-				ctx, cancel := context.WithTimeout(context.Background(), w.callTimeout)
+				ctx, cancel := context.WithTimeout(context.Background(), timeout)
 				in.call = rec.now()
 				out := call(ctx, store, in)
 				in.ret = rec.now()

@@ -149,14 +149,16 @@ func TestStoresAreLinearizableWithExpiry(t *testing.T) {
 // TestStoresAreLinearizableUnderFaults records histories while faults come
 // and go: connections reset before the request or after the reply, replies
 // held, requests swallowed (for memstore and SQLite, which have no
-// connection, calls cut short by their context). A call that fails may or
-// may not have taken effect; every other call must still be linearizable.
+// connection, calls cut short by their context), then a quarter of calls
+// without faults. A call that fails may or may not have taken effect;
+// every other call must still be linearizable.
 func TestStoresAreLinearizableUnderFaults(t *testing.T) {
 	for _, tg := range targets {
 		t.Run(tg.name, func(t *testing.T) {
 			t.Parallel()
 			w := noExpiry(clients, window, faultPerKey, faultOps)
 			w.callTimeout = faultCallTimeout
+			w.calmTimeout = 10 * time.Second
 			w.lossy = true
 			w.pause = faultPause
 			hs := run(t, faultRuns*scale(t), w, tg.faulty)

@@ -77,8 +77,9 @@ func openMemstore(t testing.TB) idem.Store {
 }
 
 // cutShort wraps a store so that, while cutting is on, calls run with a
-// context that ends at a random instant of their first millisecond:
-// some end before the store starts, some while it works, some not at all.
+// context that has ended (half of them) or that ends at a random instant
+// of their first millisecond: some end before the store starts, some while
+// it works, some not at all.
 type cutShort struct {
 	idem.Store
 	mu  sync.Mutex
@@ -91,6 +92,9 @@ func (c *cutShort) ctx(ctx context.Context) (context.Context, context.CancelFunc
 	defer c.mu.Unlock()
 	if !c.on {
 		return ctx, func() {}
+	}
+	if c.rnd.Intn(2) == 0 {
+		return context.WithTimeout(ctx, 0)
 	}
 	return context.WithTimeout(ctx, time.Duration(c.rnd.Int63n(int64(time.Millisecond))))
 }
