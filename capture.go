@@ -408,11 +408,18 @@ func (c *capture) record() []byte {
 		r.Body = c.buf.Bytes()
 		// The Content-Type net/http sniffs is stored, so that the first
 		// answer and its replays carry the same one whatever writes them.
+		// A Transfer-Encoding set by the handler keeps net/http from
+		// sniffing; it is not stored, so the record says "no Content-Type"
+		// (a nil value) for the replay not to get one the first answer did
+		// not have.
 		_, typed := c.sent["Content-Type"]
 		te := c.sent["Transfer-Encoding"]
-		if !typed && c.sent.Get("Content-Encoding") == "" && (len(te) == 0 || te[0] == "") &&
-			len(r.Body) > 0 && bodyAllowed(c.status) {
-			r.Header["Content-Type"] = []string{http.DetectContentType(r.Body)}
+		if !typed && c.sent.Get("Content-Encoding") == "" && len(r.Body) > 0 && bodyAllowed(c.status) {
+			if len(te) == 0 || te[0] == "" {
+				r.Header["Content-Type"] = []string{http.DetectContentType(r.Body)}
+			} else {
+				r.Header["Content-Type"] = nil
+			}
 		}
 		// Trailers: net/http reads them from the header map when the
 		// handler returns.
