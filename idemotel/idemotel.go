@@ -206,12 +206,16 @@ func (s *tracedStore) Claim(ctx context.Context, key, token, fingerprint string,
 	ctx, span, start := s.in.call(ctx, "claim")
 	rec, err := s.store.Claim(ctx, key, token, fingerprint, lease)
 	if err == nil {
+		// A record in progress under the caller's own token is the claim
+		// the store's client sent again after losing the reply to the
+		// first: the middleware counts it as won, and so does this.
+		won := rec == nil || (rec.State == idem.StateInProgress && rec.Token == token)
 		state := "won"
-		if rec != nil {
+		if !won {
 			state = rec.State.String()
 		}
 		span.SetAttributes(attribute.String("idem.claim", state))
-		if rec == nil {
+		if won {
 			s.in.owned.claimed(key, token, start.Add(lease))
 		}
 	}

@@ -268,3 +268,54 @@ func gauge(t *testing.T, reader *sdkmetric.ManualReader, name string) int64 {
 	t.Fatalf("no gauge %s", name)
 	return 0
 }
+
+// resentClaim is a store whose client sends every Claim twice, as go-redis
+// does when the reply to the first is lost: the second finds the record
+// the first made, with the caller's own token, which the middleware
+// counts as won.
+type resentClaim struct{ idem.Store }
+
+func (s resentClaim) Claim(ctx context.Context, key, token, fp string, lease time.Duration) (*idem.Record, error) {
+	if _, err := s.Store.Claim(ctx, key, token, fp, lease); err != nil {
+		return nil, err
+	}
+	return s.Store.Claim(ctx, key, token, fp, lease)
+}
+
+// A key the middleware owns through a claim sent again by the store client
+// is in flight like any other, its claim span says won, and it leaves the
+// gauge with its Complete.
+func TestKeysInFlightAfterResentClaim(t *testing.T) {
+	store := memstore.New()
+	defer store.Close()
+	started, release := make(chan struct{}), make(chan struct{})
+	r := setup(t, resentClaim{store}, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		close(started)
+		<-release
+		w.WriteHeader(201)
+	}))
+	done := make(chan int, 1)
+	go func() { done <- r.post(t, "k", "a") }()
+	<-started
+	n := gauge(t, r.reader, "idem.keys.in_flight")
+	close(release)
+	if code := <-done; code != 201 {
+		t.Fatalf("status %d, want 201", code)
+	}
+	if n != 1 {
+		t.Fatalf("in flight while the handler ran = %d, want 1", n)
+	}
+	if n := gauge(t, r.reader, "idem.keys.in_flight"); n != 0 {
+		t.Fatalf("in flight after = %d, want 0", n)
+	}
+	var claims []string
+	for _, s := range r.spans.Ended() {
+		if s.Name() == "idem.store.claim" {
+			v, _ := attr(s.Attributes(), "idem.claim")
+			claims = append(claims, v.AsString())
+		}
+	}
+	if len(claims) != 1 || claims[0] != "won" {
+		t.Fatalf("claim spans say %q, want one that says won", claims)
+	}
+}

@@ -169,10 +169,18 @@ func (s *timedStore) Claim(ctx context.Context, key, token, fingerprint string, 
 	start := time.Now()
 	rec, err := s.store.Claim(ctx, key, token, fingerprint, lease)
 	s.m.observe("claim", start, err)
-	if err == nil && rec == nil {
+	if err == nil && won(rec, token) {
 		s.m.owned.claimed(key, token, start.Add(lease))
 	}
 	return rec, err
+}
+
+// won reports whether a Claim with token that returned rec won the key: no
+// record, or (when the store's client sent the claim again after losing the
+// reply to the first) a record in progress under token itself, which the
+// middleware counts as won too.
+func won(rec *idem.Record, token string) bool {
+	return rec == nil || (rec.State == idem.StateInProgress && rec.Token == token)
 }
 
 func (s *timedStore) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {

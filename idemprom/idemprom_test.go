@@ -254,3 +254,60 @@ func TestRegisteringTwiceFails(t *testing.T) {
 		t.Fatalf("a namespaced second set: %v", err)
 	}
 }
+
+// resentClaim is a store whose client sends every Claim twice, as go-redis
+// does when the reply to the first is lost: the second finds the record
+// the first made, with the caller's own token, which the middleware
+// counts as won.
+type resentClaim struct{ idem.Store }
+
+func (s resentClaim) Claim(ctx context.Context, key, token, fp string, lease time.Duration) (*idem.Record, error) {
+	if _, err := s.Store.Claim(ctx, key, token, fp, lease); err != nil {
+		return nil, err
+	}
+	return s.Store.Claim(ctx, key, token, fp, lease)
+}
+
+// A key the middleware owns through a claim sent again by the store client
+// is in flight like any other, and leaves with its Complete.
+func TestKeysInFlightAfterResentClaim(t *testing.T) {
+	store := memstore.New()
+	defer store.Close()
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock()
+	reg, _, srv := setup(t, resentClaim{store}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+		w.WriteHeader(201)
+	}))
+	done := make(chan int, 1)
+	go func() { done <- post(t, srv.URL+"/p", "a", "x") }()
+	<-started
+	if g := inFlight(t, reg); g != 1 {
+		t.Fatalf("in flight while the handler runs = %v, want 1", g)
+	}
+	unblock()
+	if code := <-done; code != 201 {
+		t.Fatalf("status %d, want 201", code)
+	}
+	if g := inFlight(t, reg); g != 0 {
+		t.Fatalf("in flight after the handler finished = %v, want 0", g)
+	}
+}
+
+func inFlight(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "idem_keys_in_flight" {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no idem_keys_in_flight")
+	return 0
+}
