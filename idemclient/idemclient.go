@@ -219,6 +219,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	var timer *time.Timer
 	for n := 1; ; n++ {
 		r := req.Clone(ctx)
+		if r.Header == nil {
+			r.Header = make(http.Header, 1) // http.Transport sends a nil map as empty
+		}
 		r.Header.Set(header, key)
 		if r.Body, err = body.next(n); err != nil {
 			return nil, err

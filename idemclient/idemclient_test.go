@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -575,5 +576,30 @@ func TestKeyGeneratorFailureSendsNothing(t *testing.T) {
 	_, err := client.Post(srv.URL, "text/plain", strings.NewReader("x"))
 	if err == nil || !strings.Contains(err.Error(), "no entropy") || calls.Load() != 0 {
 		t.Fatalf("err %v, %d calls; want the generator's error and no request", err, calls.Load())
+	}
+}
+
+// A request built without a header map, which http.Transport sends as it
+// is, gets its key too instead of a panic.
+func TestRequestWithoutHeaderMapGetsAKey(t *testing.T) {
+	p := &payments{}
+	srv := server(t, p)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &idemclient.Transport{NewKey: func() (string, error) { return "k-nil-header", nil }}
+	req := &http.Request{Method: http.MethodPost, URL: u, Body: io.NopCloser(strings.NewReader(`{"amount":1}`)), ContentLength: 12}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated || len(p.keys) != 1 || p.keys[0] != "k-nil-header" {
+		t.Fatalf("status %d, keys seen %q; want 201 under k-nil-header", resp.StatusCode, p.keys)
+	}
+	if req.Header != nil {
+		t.Fatalf("RoundTrip changed the caller's request: Header %v", req.Header)
 	}
 }
