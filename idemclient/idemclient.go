@@ -7,15 +7,20 @@
 //	resp, err := client.Post(url, "application/json", body)
 //
 // A retried request with the same key is safe behind a server that honours
-// keys (such as the idem middleware): the server runs the request at most
-// once and answers every retry with the first answer. The transport
-// retries:
+// keys (such as the idem middleware): while the server can record what it
+// did, it runs the request at most once and answers every retry with the
+// first answer. The transport retries:
 //
 //   - network errors (the request may or may not have reached the server:
 //     the key makes the retry safe either way);
 //   - 409 responses whose problem type is key-in-use (the first attempt is
 //     still running on the server: waiting, then retrying, gets its answer);
-//   - 5xx responses, 503 included.
+//   - 5xx responses, 503 included, except the idem middleware's 503
+//     response-not-recorded: the request ran but its answer could not be
+//     stored, and a retry after the key's lease would run it again. That
+//     answer goes to the caller, who knows whether running twice is
+//     acceptable (for example because the payment provider dedupes by the
+//     same key).
 //
 // It never retries other 4xx responses (400, 413, 422, a 409 of any other
 // type, 429...): sending the same request again would get the same answer.
@@ -55,6 +60,11 @@ const (
 // duplicate of a request that is still running. It is the only 409 the
 // transport retries.
 const KeyInUseType = "https://github.com/idemgo/idem#problem-key-in-use"
+
+// NotRecordedType is the problem type of the idem middleware's 503 answer
+// when the request ran but its response could not be recorded. The
+// transport never retries it.
+const NotRecordedType = "https://github.com/idemgo/idem#problem-response-not-recorded"
 
 // Transport is an http.RoundTripper that adds an idempotency key to
 // requests of the protected methods that lack one and retries them. The
@@ -262,7 +272,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // decide reports whether the answer of attempt n (resp or err) is worth
 // another attempt, and how long to wait first. A 409 key-in-use's body is
-// read to learn its type and put back.
+// read to learn its type and put back, as is a 503's.
 func (t *Transport) decide(ctx context.Context, resp *http.Response, err error, n int) (time.Duration, bool) {
 	if ctx.Err() != nil {
 		return 0, false
@@ -272,8 +282,10 @@ func (t *Transport) decide(ctx context.Context, resp *http.Response, err error, 
 		return backoff, true
 	}
 	switch {
+	case resp.StatusCode == http.StatusServiceUnavailable && problemType(resp) == NotRecordedType:
+		return 0, false
 	case resp.StatusCode >= 500:
-	case resp.StatusCode == http.StatusConflict && isKeyInUse(resp):
+	case resp.StatusCode == http.StatusConflict && problemType(resp) == KeyInUseType:
 	default:
 		return 0, false
 	}
@@ -310,26 +322,29 @@ func retryAfter(v string) (time.Duration, bool) {
 	return 0, false
 }
 
-// maxProblem bounds what is read of a 409 body to learn its type.
+// maxProblem bounds what is read of a problem body to learn its type.
 const maxProblem = 16 << 10
 
-// isKeyInUse reports whether resp, a 409, is a key-in-use problem. It reads
-// the start of the body and puts it back, so that a caller who gets resp
-// reads the whole body.
-func isKeyInUse(resp *http.Response) bool {
+// problemType returns the type of resp's RFC 9457 problem body, or "". It
+// reads the start of the body and puts it back, so that a caller who gets
+// resp reads the whole body.
+func problemType(resp *http.Response) string {
 	ct := resp.Header.Get("Content-Type")
 	if !strings.HasPrefix(ct, "application/problem+json") || resp.Body == nil {
-		return false
+		return ""
 	}
 	head, err := io.ReadAll(io.LimitReader(resp.Body, maxProblem))
 	resp.Body = &rebody{Reader: io.MultiReader(bytes.NewReader(head), resp.Body), c: resp.Body}
 	if err != nil {
-		return false
+		return ""
 	}
 	var p struct {
 		Type string `json:"type"`
 	}
-	return json.Unmarshal(head, &p) == nil && p.Type == KeyInUseType
+	if json.Unmarshal(head, &p) != nil {
+		return ""
+	}
+	return p.Type
 }
 
 // rebody is a body whose start was read and put back.

@@ -422,6 +422,36 @@ func TestStoreOutageIsRetriedAfterRetryAfter(t *testing.T) {
 	}
 }
 
+// lossyStore never records a response: every Complete fails.
+type lossyStore struct{ idem.Store }
+
+func (lossyStore) Complete(context.Context, string, string, []byte, time.Duration) error {
+	return errors.New("store down")
+}
+
+// A 503 response-not-recorded says the request ran but its answer is not
+// stored: a retry after the lease (here 1s, inside the budget) would run it
+// again. The caller gets it after the first attempt.
+func TestNotRecordedIsNotRetried(t *testing.T) {
+	h := &payments{}
+	srv := serverOver(t, lossyStore{memstore.New()}, h, idem.WithLockTTL(time.Second), idem.WithStoreTimeout(100*time.Millisecond))
+	var seen attempts
+	client := idemclient.NewClient(&idemclient.Transport{BaseDelay: time.Millisecond, Budget: 10 * time.Second, OnAttempt: seen.record})
+	resp, err := client.Post(srv.URL, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readAll(t, resp); resp.StatusCode != 503 || !strings.Contains(body, "response-not-recorded") {
+		t.Fatalf("got %d %s, want the 503 response-not-recorded problem, body intact", resp.StatusCode, body)
+	}
+	if n := len(seen.get()); n != 1 {
+		t.Fatalf("%d attempts, want 1", n)
+	}
+	if n := h.executions.Load(); n != 1 {
+		t.Fatalf("handler ran %d times, want 1", n)
+	}
+}
+
 // unavailable answers 503 with Retry-After: 1, always.
 func unavailable(calls *atomic.Int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
