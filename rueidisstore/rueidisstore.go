@@ -1,0 +1,291 @@
+// Package rueidisstore is an idem.Store on Redis through a rueidis client
+// (github.com/redis/rueidis): a single node, Sentinel and Redis Cluster all
+// work, and several processes can share one store.
+//
+// It is the twin of package redisstore, which uses go-redis: both keep the
+// same records under the same keys and run the same Lua scripts, so the two
+// stores can share one Redis (a fleet can move from one client to the other
+// one process at a time). The difference is the client: rueidis pipelines
+// the commands of concurrent callers onto shared connections, so under load
+// many operations leave in one write and come back in one read, where
+// go-redis spends a write and a read system call on each. The README
+// ("Performance") has the figures and says when to pick which.
+//
+// # Key layout
+//
+// Each idempotency key is one Redis hash named prefix+key (the prefix is
+// "idem:" unless WithPrefix says otherwise). Keys are binary safe. The hash
+// holds
+//
+//	v  format version of the record, "1"
+//	s  state: "1" in progress, "2" completed (the values of idem.State)
+//	t  owner token, while in progress
+//	f  request fingerprint
+//	r  result bytes, once completed
+//
+// An in-progress record expires when its lease runs out and a completed one
+// when its retention TTL runs out; both are plain Redis TTLs (PEXPIRE, in
+// milliseconds, rounded up, at least 1 ms). In a Redis Cluster the slot of a
+// record follows the usual hash tag rule, so records spread over the
+// masters unless the prefix or the keys carry a tag.
+//
+// # One round trip per operation
+//
+// Claim, Complete, Release and Renew each run one Lua script (EVALSHA) that
+// touches only KEYS[1], so every operation is atomic and costs one round
+// trip, routed to the key's slot in a Cluster. Complete, Release and Renew
+// check inside the script that the record is in progress and owned by the
+// caller's token (fencing); otherwise they change nothing and return
+// idem.ErrLockLost. A script's first use on a server that does not hold it
+// costs one extra EVAL round trip; Store.Load avoids it.
+//
+// A record of a format version this release does not know makes Claim fail
+// with an error wrapping idem.ErrCorruptRecord, never return a wrong record.
+package rueidisstore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+	"unsafe"
+
+	"github.com/redis/rueidis"
+
+	"github.com/idemgo/idem"
+)
+
+// DefaultPrefix is the prefix put before every key unless WithPrefix says
+// otherwise. It is redisstore's too.
+const DefaultPrefix = "idem:"
+
+// formatVersion is the value of the v field of the records this release
+// writes. Readers accept it and reject every other value.
+const formatVersion = "1"
+
+// Field values of s; they are the decimal values of idem.State.
+const (
+	stateInProgress = "1"
+	stateCompleted  = "2"
+)
+
+// The scripts are, byte for byte, redisstore's: the same text has the same
+// SHA-1, so a server that holds them for one store holds them for the other.
+const (
+	// claim: ARGV = token, fingerprint, lease in ms.
+	// Returns nil when it created the record, else {v, s, t, f, r, pttl}.
+	claimSrc = `
+local rec = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'f', 'r')
+if not rec[1] and redis.call('EXISTS', KEYS[1]) == 0 then
+	redis.call('HSET', KEYS[1], 'v', '` + formatVersion + `', 's', '` + stateInProgress + `', 't', ARGV[1], 'f', ARGV[2])
+	redis.call('PEXPIRE', KEYS[1], ARGV[3])
+	return nil
+end
+rec[6] = redis.call('PTTL', KEYS[1])
+return rec
+`
+
+	// ownedCheck starts the fenced scripts: it returns 0 unless KEYS[1]
+	// holds an in-progress record of the current format owned by ARGV[1].
+	ownedCheck = `
+local rec = redis.call('HMGET', KEYS[1], 'v', 's', 't')
+if rec[1] ~= '` + formatVersion + `' or rec[2] ~= '` + stateInProgress + `' or rec[3] ~= ARGV[1] then
+	return 0
+end`
+
+	// complete: ARGV = token, result, retention in ms. Returns 1 or 0.
+	completeSrc = ownedCheck + `
+redis.call('HSET', KEYS[1], 's', '` + stateCompleted + `', 'r', ARGV[2])
+redis.call('HDEL', KEYS[1], 't')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`
+
+	// release: ARGV = token. Returns 1 or 0.
+	releaseSrc = ownedCheck + `
+redis.call('DEL', KEYS[1])
+return 1
+`
+
+	// renew: ARGV = token, lease in ms. Returns 1 or 0.
+	renewSrc = ownedCheck + `
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`
+)
+
+var (
+	claimScript    = rueidis.NewLuaScript(claimSrc)
+	completeScript = rueidis.NewLuaScript(completeSrc)
+	releaseScript  = rueidis.NewLuaScript(releaseSrc)
+	renewScript    = rueidis.NewLuaScript(renewSrc)
+
+	scriptSources = [...]string{claimSrc, completeSrc, releaseSrc, renewSrc}
+)
+
+// Store is an idem.Store on Redis through rueidis. Create it with New; it is
+// safe for concurrent use by many goroutines and many processes.
+type Store struct {
+	client rueidis.Client
+	prefix string
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithPrefix sets the string put before every key to name its Redis key
+// (default DefaultPrefix, "idem:"). Give each application or environment
+// that shares a Redis its own prefix. In a Redis Cluster, a prefix holding a
+// hash tag ("{idem}:") would put every record in one slot: leave the braces
+// out unless that is what you want.
+func WithPrefix(prefix string) Option {
+	return func(s *Store) { s.prefix = prefix }
+}
+
+// New returns a Store that keeps its records through client, a single-node,
+// Sentinel or Cluster rueidis.Client. New makes no network call; the Store
+// does not own client, so closing it stays with the caller.
+//
+// rueidis ends a call at its context's deadline, so the middleware's store
+// timeout (idem.WithStoreTimeout) bounds every call with no client setting.
+// The store uses no client-side caching: build the client with
+// DisableCache set unless other code of yours uses it.
+func New(client rueidis.Client, opts ...Option) *Store {
+	s := &Store{client: client, prefix: DefaultPrefix}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Load loads the Store's Lua scripts into every node the client knows (every
+// master of a Cluster), so that no operation pays the extra EVAL round trip
+// of a script's first use. Calling it is optional.
+func (s *Store) Load(ctx context.Context) error {
+	for _, node := range s.client.Nodes() {
+		for _, src := range scriptSources {
+			if err := node.Do(ctx, node.B().ScriptLoad().Script(src).Build()).Error(); err != nil {
+				return fmt.Errorf("rueidisstore: load scripts: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// millis formats d as whole milliseconds for PEXPIRE, rounding up, and at
+// least 1: a short duration never becomes a 0 ms TTL, which Redis would take
+// as "delete now".
+func millis(d time.Duration) string {
+	ms := int64((d + time.Millisecond - 1) / time.Millisecond)
+	if ms < 1 {
+		ms = 1
+	}
+	return strconv.FormatInt(ms, 10)
+}
+
+// Claim implements idem.Store.
+func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease time.Duration) (*idem.Record, error) {
+	res := claimScript.Exec(ctx, s.client, []string{s.prefix + key}, []string{token, fingerprint, millis(lease)})
+	fields, err := res.ToArray()
+	if rueidis.IsRedisNil(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rueidisstore: claim: %w", err)
+	}
+	rec, err := parseRecord(fields)
+	if err != nil {
+		return nil, fmt.Errorf("rueidisstore: claim: %w", err)
+	}
+	return rec, nil
+}
+
+// errMalformed is wrapped into the error for a script reply this release
+// cannot read.
+var errMalformed = fmt.Errorf("malformed record: %w", idem.ErrCorruptRecord)
+
+// parseRecord reads the reply {v, s, t, f, r, pttl} of the claim script.
+func parseRecord(fields []rueidis.RedisMessage) (*idem.Record, error) {
+	if len(fields) != 6 {
+		return nil, fmt.Errorf("script reply of %d elements: %w", len(fields), errMalformed)
+	}
+	v, _ := bulk(&fields[0])
+	if v != formatVersion {
+		return nil, fmt.Errorf("record format version %q unknown to this release (it reads %q): %w", v, formatVersion, idem.ErrCorruptRecord)
+	}
+	state, _ := bulk(&fields[1])
+	token, _ := bulk(&fields[2])
+	fp, hasFP := bulk(&fields[3])
+	if !hasFP {
+		return nil, errMalformed
+	}
+	var left time.Duration
+	if pttl, err := fields[5].AsInt64(); err == nil && pttl > 0 {
+		left = time.Duration(pttl) * time.Millisecond
+	}
+	rec := &idem.Record{Fingerprint: fp, Token: token}
+	switch state {
+	case stateInProgress:
+		rec.State = idem.StateInProgress
+		rec.LeaseLeft = left
+	case stateCompleted:
+		rec.State = idem.StateCompleted
+		r, ok := bulk(&fields[4])
+		if !ok {
+			return nil, errMalformed
+		}
+		// The reply's string is this record's alone, and Record.Result is
+		// read-only: share its bytes rather than copy up to the response
+		// limit.
+		rec.Result = unsafe.Slice(unsafe.StringData(r), len(r))
+		if rec.Result == nil {
+			rec.Result = []byte{}
+		}
+	default:
+		return nil, fmt.Errorf("record state %q: %w", state, errMalformed)
+	}
+	return rec, nil
+}
+
+// bulk returns the string in a reply element, and false for a missing hash
+// field (nil in RESP2; nil or false in RESP3, where Lua's false becomes a
+// boolean).
+func bulk(m *rueidis.RedisMessage) (string, bool) {
+	if !m.IsString() {
+		return "", false
+	}
+	s, err := m.ToString()
+	return s, err == nil
+}
+
+// Complete implements idem.Store. The result is sent without a copy: the
+// Store contract forbids the caller to change it afterwards.
+func (s *Store) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
+	return fenced("complete", completeScript.Exec(ctx, s.client, []string{s.prefix + key}, []string{token, rueidis.BinaryString(result), millis(ttl)}))
+}
+
+// Release implements idem.Store.
+func (s *Store) Release(ctx context.Context, key, token string) error {
+	return fenced("release", releaseScript.Exec(ctx, s.client, []string{s.prefix + key}, []string{token}))
+}
+
+// Renew implements idem.Store.
+func (s *Store) Renew(ctx context.Context, key, token string, lease time.Duration) error {
+	return fenced("renew", renewScript.Exec(ctx, s.client, []string{s.prefix + key}, []string{token, millis(lease)}))
+}
+
+// fenced reads the reply of a fenced script: 1 done, 0 not the owner.
+func fenced(op string, res rueidis.RedisResult) error {
+	n, err := res.AsInt64()
+	switch {
+	case err != nil:
+		return fmt.Errorf("rueidisstore: %s: %w", op, err)
+	case n == 1:
+		return nil
+	case n == 0:
+		return idem.ErrLockLost
+	}
+	return fmt.Errorf("rueidisstore: %s: unexpected script reply %d", op, n)
+}
+
+var _ idem.Store = (*Store)(nil)

@@ -1,0 +1,26 @@
+package rueidisstore_test
+
+import (
+	"testing"
+
+	"github.com/idemgo/idem/rueidisstore"
+	"github.com/idemgo/idem/storetest"
+)
+
+// The store's share of a new request and a replay (Claim, Complete, Claim),
+// under parallel load.
+
+func BenchmarkMiniredis(b *testing.B) {
+	_, c := newMini(b)
+	storetest.Bench(b, rueidisstore.New(c))
+}
+
+func BenchmarkRedis(b *testing.B) {
+	c := realClient(b)
+	storetest.Bench(b, rueidisstore.New(c, rueidisstore.WithPrefix(runPrefix(b, c))))
+}
+
+func BenchmarkCluster(b *testing.B) {
+	c := clusterClient(b)
+	storetest.Bench(b, rueidisstore.New(c, rueidisstore.WithPrefix(runPrefix(b, c))))
+}
