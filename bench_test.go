@@ -131,9 +131,17 @@ func BenchmarkNewKey(b *testing.B) {
 	reportCalls(b, st)
 }
 
-func BenchmarkReplay(b *testing.B) {
+func BenchmarkReplay(b *testing.B) { benchReplay(b) }
+
+// BenchmarkReplayCached: replays answered by the replay cache, with no
+// store call.
+func BenchmarkReplayCached(b *testing.B) {
+	benchReplay(b, idem.WithReplayCache(1<<20, 1000, time.Minute))
+}
+
+func benchReplay(b *testing.B, opts ...idem.Option) {
 	st, _ := newCountingStore(b)
-	h := idem.New(st)(okHandler)
+	h := idem.New(st, opts...)(okHandler)
 	req := newBenchReq("POST", "k")
 	h.ServeHTTP(&discard{}, req.next())
 	st.claims.Store(0)

@@ -15,8 +15,9 @@ import (
 // holds one set of settings; build one per route to give routes different
 // settings over one store.
 type Middleware struct {
-	e   engine
-	cfg *config
+	e     engine
+	cfg   *config
+	cache *replayCache // nil unless WithReplayCache
 }
 
 // New returns middleware that protects the handlers it wraps with
@@ -43,7 +44,7 @@ func NewMiddleware(store Store, opts ...Option) (*Middleware, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Middleware{e: engine{store: store, cfg: cfg}, cfg: cfg}, nil
+	return &Middleware{e: engine{store: store, cfg: cfg}, cfg: cfg, cache: newReplayCache(cfg.replayCache)}, nil
 }
 
 // Handler wraps next. Requests whose method is protected (WithMethods) and
@@ -78,6 +79,8 @@ type request struct {
 	// done; nothing is recorded.
 	cancelled bool
 	ran       time.Duration // how long the handler ran
+	fp        string
+	asked     time.Time // before the claim, for the replay cache
 }
 
 func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
@@ -110,6 +113,10 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	q.body.Reset(body)
 	fp := cfg.fingerprint(r, body)
 	skey := scopedKey(q.info.scope, key)
+	if m.cache.replay(w, m, skey, fp, ev) {
+		return
+	}
+	q.fp, q.asked = fp, m.cache.clock()
 
 	token, rec, err := m.e.claim(r.Context(), skey, fp)
 	if err != nil {
@@ -125,6 +132,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		return
 	}
 	if rec != nil {
+		m.cache.addRecord(skey, rec, q.asked)
 		m.answerExisting(w, rec, fp, ev)
 		return
 	}
@@ -140,11 +148,14 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 	q.c = newCapture(w, cfg.maxResponse)
 	defer q.c.free()
 
-	_, stored, err := m.e.execute(r.Context(), skey, token, &q.lease, q)
+	result, stored, err := m.e.execute(r.Context(), skey, token, &q.lease, q)
 	ev.Stored, ev.HandlerDuration = stored, q.ran
 	switch {
 	case err == nil:
 		ev.Outcome = OutcomeExecuted
+		if stored {
+			m.cache.addResult(skey, q.fp, result, cfg.ttl, q.asked)
+		}
 	case errors.Is(err, ErrLockLost):
 		ev.Outcome, ev.Err = OutcomeLockLost, err
 	default:

@@ -48,6 +48,7 @@ type config struct {
 	renewEvery      time.Duration
 	lockRetryAfter  int
 	storeRetryAfter int
+	replayCache     cacheLimits
 }
 
 func defaultConfig() config {

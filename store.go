@@ -46,6 +46,12 @@ type Record struct {
 	// LeaseLeft is the time left on the owner's lease of an in-progress
 	// record, as the store sees it. Zero for completed records.
 	LeaseLeft time.Duration
+	// ExpiresIn is the time left before the record expires, as the store
+	// sees it: the lease of an in-progress record (equal to LeaseLeft), the
+	// retention of a completed one. Zero means the store cannot tell. A
+	// completed record never changes until it expires, so a caller may keep
+	// a copy of it for up to ExpiresIn (the replay cache does).
+	ExpiresIn time.Duration
 	// Result is the stored result of a completed record (for the middleware,
 	// an encoded Response; see EncodeResponse). Nil for in-progress records.
 	Result []byte

@@ -153,9 +153,9 @@ func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease
 	defer s.mu.Unlock()
 	now := s.now()
 	if e := s.live(key, now); e != nil {
-		rec := &idem.Record{State: e.state, Fingerprint: e.fingerprint, Token: e.token, Result: e.result}
+		rec := &idem.Record{State: e.state, Fingerprint: e.fingerprint, Token: e.token, Result: e.result, ExpiresIn: e.expires.Sub(now)}
 		if e.state == idem.StateInProgress {
-			rec.LeaseLeft = e.expires.Sub(now)
+			rec.LeaseLeft = rec.ExpiresIn
 		}
 		return rec, nil
 	}

@@ -236,12 +236,13 @@ func parseRecord(res interface{}) (*idem.Record, error) {
 		return nil, errMalformed
 	}
 	rec := &idem.Record{Fingerprint: fp, Token: token}
+	if pttl, ok := fields[5].(int64); ok && pttl > 0 {
+		rec.ExpiresIn = time.Duration(pttl) * time.Millisecond
+	}
 	switch state {
 	case stateInProgress:
 		rec.State = idem.StateInProgress
-		if pttl, ok := fields[5].(int64); ok && pttl > 0 {
-			rec.LeaseLeft = time.Duration(pttl) * time.Millisecond
-		}
+		rec.LeaseLeft = rec.ExpiresIn
 	case stateCompleted:
 		rec.State = idem.StateCompleted
 		r, ok := bulk(fields[4])

@@ -223,7 +223,7 @@ func parseRecord(fields []rueidis.RedisMessage) (*idem.Record, error) {
 	if pttl, err := fields[5].AsInt64(); err == nil && pttl > 0 {
 		left = time.Duration(pttl) * time.Millisecond
 	}
-	rec := &idem.Record{Fingerprint: fp, Token: token}
+	rec := &idem.Record{Fingerprint: fp, Token: token, ExpiresIn: left}
 	switch state {
 	case stateInProgress:
 		rec.State = idem.StateInProgress

@@ -345,12 +345,12 @@ func (s *Store) queryRecord(ctx context.Context, query string, args ...any) (won
 	case version != formatVersion:
 		return false, nil, fmt.Errorf("the record has format version %d, this release reads version %d: %w", version, formatVersion, idem.ErrCorruptRecord)
 	}
-	rec = &idem.Record{Fingerprint: string(fp)}
+	rec = &idem.Record{Fingerprint: string(fp), ExpiresIn: time.Duration(left) * s.q.unit}
 	switch state {
 	case stateInProgress:
 		rec.State = idem.StateInProgress
 		rec.Token = string(token)
-		rec.LeaseLeft = time.Duration(left) * s.q.unit
+		rec.LeaseLeft = rec.ExpiresIn
 	case stateCompleted:
 		rec.State = idem.StateCompleted
 		rec.Result = result

@@ -166,6 +166,9 @@ func (s *suite) claimTakenKey(t *testing.T) {
 	if rec.LeaseLeft <= 0 || rec.LeaseLeft > 30*time.Second {
 		t.Errorf("LeaseLeft = %v, want within (0, 30s]", rec.LeaseLeft)
 	}
+	if rec.ExpiresIn != rec.LeaseLeft {
+		t.Errorf("ExpiresIn = %v of an in-progress record, want its LeaseLeft %v", rec.ExpiresIn, rec.LeaseLeft)
+	}
 	if rec.Result != nil {
 		t.Errorf("in-progress record has Result %q", rec.Result)
 	}
@@ -195,6 +198,11 @@ func (s *suite) completeKeepsResult(t *testing.T) {
 	}
 	if rec.LeaseLeft != 0 {
 		t.Errorf("completed record has LeaseLeft %v, want 0", rec.LeaseLeft)
+	}
+	// The retention is what is left of the TTL given to Complete, not the
+	// lease: a cache of completed records relies on it.
+	if rec.ExpiresIn <= longTTL-time.Minute || rec.ExpiresIn > longTTL {
+		t.Errorf("completed record has ExpiresIn %v, want about the retention TTL %v", rec.ExpiresIn, longTTL)
 	}
 }
 
@@ -315,6 +323,9 @@ func (s *suite) retention(t *testing.T) {
 	}
 	if rec := mustRecord(t, st, short); rec.State != idem.StateCompleted {
 		t.Fatalf("State = %v right after Complete, want completed", rec.State)
+	}
+	if rec := mustRecord(t, st, short); rec.ExpiresIn <= 0 || rec.ExpiresIn > time.Second {
+		t.Fatalf("ExpiresIn = %v of a record kept for 1s, want within (0, 1s]", rec.ExpiresIn)
 	}
 	s.Wait(t, 1500*time.Millisecond)
 	mustClaim(t, st, short, "next", "fp", longLease)
