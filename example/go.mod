@@ -11,10 +11,12 @@ require (
 	github.com/go-sql-driver/mysql v1.10.1
 	github.com/idemgo/idem/idemprom v0.1.0
 	github.com/idemgo/idem/redisstore v0.1.0
+	github.com/idemgo/idem/rueidisstore v0.1.0
 	github.com/idemgo/idem/sqlstore v0.1.0
 	github.com/jackc/pgx/v5 v5.7.4
 	github.com/prometheus/client_golang v1.22.0
 	github.com/redis/go-redis/v9 v9.17.3
+	github.com/redis/rueidis v1.0.79
 	modernc.org/sqlite v1.57.0
 )
 
@@ -36,9 +38,9 @@ require (
 	github.com/prometheus/procfs v0.15.1 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
 	golang.org/x/crypto v0.31.0 // indirect
-	golang.org/x/sync v0.21.0 // indirect
+	golang.org/x/sync v0.22.0 // indirect
 	golang.org/x/sys v0.47.0 // indirect
-	golang.org/x/text v0.21.0 // indirect
+	golang.org/x/text v0.41.0 // indirect
 	google.golang.org/protobuf v1.36.5 // indirect
 	modernc.org/libc v1.74.4 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
@@ -48,5 +50,6 @@ require (
 replace (
 	github.com/idemgo/idem/idemprom => ../idemprom
 	github.com/idemgo/idem/redisstore => ../redisstore
+	github.com/idemgo/idem/rueidisstore => ../rueidisstore
 	github.com/idemgo/idem/sqlstore => ../sqlstore
 )

@@ -3,10 +3,14 @@
 //
 //	go run ./example                                  # in-memory store
 //	go run ./example -store sqlite:/tmp/idem.db       # SQLite file
-//	go run ./example -store redis://127.0.0.1:6379/0  # Redis
+//	go run ./example -store redis://127.0.0.1:6379/0  # Redis (rueidis client)
+//	go run ./example -store redis://127.0.0.1:6379/0 -redis-client go-redis
 //	go run ./example -store 'redis-cluster://127.0.0.1:7000?addr=127.0.0.1:7001'
 //	go run ./example -store postgres://user@127.0.0.1:5432/db?sslmode=disable
 //	go run ./example -store mysql://user:pass@127.0.0.1:3306/db  # MySQL, MariaDB
+//
+// -replay-cache 67108864 answers replays from 64 MiB of memory with no store
+// call (idem.WithReplayCache).
 //
 // Endpoints: GET /healthz, POST /payments (JSON {"amount": int, "currency":
 // string}, plus the test fields "delay_ms" and "fail"), GET /payments, and
@@ -49,11 +53,16 @@ func run(args []string) error {
 	adminAddr := fs.String("admin", "", "listen address of the key inspection endpoints (off when empty); keep it private")
 	var level slog.Level
 	fs.TextVar(&level, "log-level", slog.LevelDebug, "lowest level logged: debug logs every outcome, info conflicts, mismatches and refusals, error store failures")
+	fs.StringVar(&redisClient, "redis-client", clientRueidis, "Redis client of redis:// stores: rueidis or go-redis")
+	replayCache := fs.Int64("replay-cache", 0, "bytes of completed responses kept in memory to answer replays with no store call (0: off)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := checkRedisClient(); err != nil {
+		return err
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -69,7 +78,7 @@ func run(args []string) error {
 	}
 	defer closeStore()
 
-	handler, err := newService(store, *ttl, *lockTTL, logger, *metrics)
+	handler, err := newService(store, *ttl, *lockTTL, logger, *metrics, *replayCache)
 	if err != nil {
 		return err
 	}

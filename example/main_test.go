@@ -181,6 +181,7 @@ func TestServiceBadFlags(t *testing.T) {
 		{[]string{"-ttl", "soon"}, "invalid value"},
 		{[]string{"-lock-ttl", "1ms"}, "lock TTL"},
 		{[]string{"extra"}, "unexpected arguments"},
+		{[]string{"-redis-client", "jedis"}, "want rueidis or go-redis"},
 	} {
 		out, err := exec.Command(exampleBin, append([]string{"-addr", "127.0.0.1:0"}, tc.args...)...).CombinedOutput()
 		if err == nil || !strings.Contains(string(out), tc.want) {
@@ -297,14 +298,22 @@ func durableStores(t *testing.T) map[string]string {
 }
 
 // SPEC 8: several processes share one durable store, and a restarted
-// process replays what an earlier one recorded.
+// process replays what an earlier one recorded, whichever Redis client each
+// process uses.
 func TestServiceSharedDurableStores(t *testing.T) {
 	for name, spec := range durableStores(t) {
 		t.Run(name, func(t *testing.T) {
 			if _, ok := storeOpeners[storeKind(spec)]; !ok {
 				t.Fatalf("store %s is not built into the example", name)
 			}
-			a := startExample(t, "-store", spec)
+			// On Redis the two processes use the two clients (go-redis and
+			// the default, rueidis) over one store, and the restarted one
+			// reads with rueidis what go-redis wrote.
+			argsA := []string{"-store", spec}
+			if strings.HasPrefix(spec, "redis") {
+				argsA = append(argsA, "-redis-client", "go-redis")
+			}
+			a := startExample(t, argsA...)
 			b := startExample(t, "-store", spec)
 			key := uniqueKey("shared-" + name)
 			checkStorm(t, []*proc{a, b}, key, 50)

@@ -48,8 +48,9 @@ type service struct {
 // by idem with keys scoped by the Authorization header.
 //
 // With metrics, the store calls and outcomes are counted by idemprom and
-// served on GET /metrics.
-func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logger, metrics bool) (http.Handler, error) {
+// served on GET /metrics. A positive replayCache turns on idem's replay
+// cache with that many bytes.
+func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logger, metrics bool, replayCache int64) (http.Handler, error) {
 	opts := []idem.Option{
 		idem.WithTTL(ttl),
 		idem.WithLockTTL(lockTTL),
@@ -67,6 +68,9 @@ func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logge
 		}
 		store = m.Store(store)
 		opts = append(opts, idem.WithHook(m.Hook))
+	}
+	if replayCache > 0 {
+		opts = append(opts, idem.WithReplayCache(replayCache, 1_000_000, 5*time.Minute))
 	}
 	protect, err := idem.NewMiddleware(store, opts...)
 	if err != nil {

@@ -8,10 +8,31 @@ import (
 	"strings"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/redisstore"
+	"github.com/idemgo/idem/rueidisstore"
 )
+
+// Redis clients of -redis-client: rueidis (rueidisstore) pipelines the
+// commands of concurrent requests and is the faster under load; go-redis
+// (redisstore) is the one many programs already hold.
+const (
+	clientRueidis = "rueidis"
+	clientGoRedis = "go-redis"
+)
+
+// redisClient is the value of -redis-client.
+var redisClient = clientRueidis
+
+func checkRedisClient() error {
+	switch redisClient {
+	case clientRueidis, clientGoRedis:
+		return nil
+	}
+	return fmt.Errorf("-redis-client %q: want %s or %s", redisClient, clientRueidis, clientGoRedis)
+}
 
 // Redis stores: "redis://host:port/db" (go-redis ParseURL form) for one node,
 // "redis-cluster://host:port?addr=host2:port2&addr=host3:port3" (go-redis
@@ -25,6 +46,9 @@ func init() {
 }
 
 func openRedis(ctx context.Context, spec string) (idem.Store, func() error, error) {
+	if redisClient == clientRueidis {
+		return openRueidis(ctx, spec)
+	}
 	opt, err := redis.ParseURL(spec)
 	if err != nil {
 		return nil, nil, badURL(err)
@@ -36,7 +60,11 @@ func openRedis(ctx context.Context, spec string) (idem.Store, func() error, erro
 func openRedisCluster(ctx context.Context, spec string) (idem.Store, func() error, error) {
 	// "redis-cluster://…" → "redis://…", "rediss-cluster://…" → "rediss://…".
 	scheme, rest, _ := strings.Cut(spec, "://")
-	opt, err := redis.ParseClusterURL(strings.TrimSuffix(scheme, "-cluster") + "://" + rest)
+	spec = strings.TrimSuffix(scheme, "-cluster") + "://" + rest
+	if redisClient == clientRueidis {
+		return openRueidis(ctx, spec)
+	}
+	opt, err := redis.ParseClusterURL(spec)
 	if err != nil {
 		return nil, nil, badURL(err)
 	}
@@ -59,7 +87,29 @@ func openRedisClient(ctx context.Context, client redis.UniversalClient, addr str
 	return store, client.Close, nil
 }
 
-// badURL reports a -store value go-redis could not parse, without repeating
+// openRueidis opens a rueidis client on a "redis://" or "rediss://" URL
+// (rueidis.ParseURL form; extra "addr" parameters name more seed nodes).
+// rueidis finds out by itself whether the server is a Cluster.
+func openRueidis(ctx context.Context, spec string) (idem.Store, func() error, error) {
+	opt, err := rueidis.ParseURL(spec)
+	if err != nil {
+		return nil, nil, badURL(err)
+	}
+	opt.DisableCache = true // the store does not use client-side caching
+	addr := strings.Join(opt.InitAddress, ",")
+	client, err := rueidis.NewClient(opt)
+	if err != nil {
+		return nil, nil, fmt.Errorf("-store: redis at %s unreachable: %w", addr, err)
+	}
+	store := rueidisstore.New(client)
+	if err := store.Load(ctx); err != nil {
+		client.Close()
+		return nil, nil, fmt.Errorf("-store: redis at %s unreachable: %w", addr, err)
+	}
+	return store, func() error { client.Close(); return nil }, nil
+}
+
+// badURL reports a -store value the Redis client could not parse, without repeating
 // the URL, which may hold a password.
 func badURL(err error) error {
 	var uerr *url.Error
