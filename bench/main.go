@@ -1,0 +1,438 @@
+// Command bench is the load harness: it compares the example payments
+// service on idem (over each Redis client) with the same API on bare
+// net/http and on Fiber v2's idempotency middleware, all on one local
+// redis-server, and writes a markdown table and an SVG chart.
+//
+//	cd bench && go run . -quick     # about a minute
+//	cd bench && go run .            # the full sweep, about ten minutes
+//
+// Everything runs on 127.0.0.1: one redis-server on a free port (no
+// persistence), one process per server, and vegeta as a library for the
+// load. Each measurement is one run of -duration at a fixed number of
+// connections, as fast as the server answers; the servers take turns in
+// every round, in an order that rotates, so that a noisy neighbour hurts all
+// of them alike. Results are the medians over -rounds rounds.
+//
+// "new" sends a fresh Idempotency-Key with every request; "replay" first
+// creates a set of keys, then sends them again and again. Round trips per
+// request are the commands the servers' Redis clients sent, from INFO
+// commandstats before and after the run (a script counts once, not the
+// commands it runs).
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	quick       bool
+	duration    time.Duration
+	rounds      int
+	conns       []int
+	sizes       []int
+	sizeConns   int
+	out         string
+	redisServer string
+	example     string
+	noCache     bool
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	serve := fs.String("serve", "", "internal: serve bare or fiber on -addr")
+	addr := fs.String("addr", "", "internal: listen address of -serve")
+	redisAddr := fs.String("redis", "", "internal: Redis address of -serve fiber")
+	var o options
+	fs.BoolVar(&o.quick, "quick", false, "a short run: 32 and 128 connections, 1 KiB bodies, one round of 2s")
+	fs.DurationVar(&o.duration, "duration", 4*time.Second, "length of one measurement")
+	fs.IntVar(&o.rounds, "rounds", 2, "rounds; every server is measured once per round and configuration")
+	conns := fs.String("conns", "1,32,128,256", "connection counts of the concurrency sweep (1 KiB bodies)")
+	sizes := fs.String("sizes", "1024,65536,1040384", "request body sizes of the size sweep, in bytes (at -size-conns)")
+	fs.IntVar(&o.sizeConns, "size-conns", 32, "connections of the body size sweep")
+	fs.StringVar(&o.out, "out", "results", "directory for results.md and chart.svg")
+	fs.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")
+	fs.BoolVar(&o.noCache, "no-cache-run", true, "also measure idem on rueidis without the replay cache")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch *serve {
+	case "bare", "fiber":
+		ln, err := net.Listen("tcp", *addr)
+		if err != nil {
+			return err
+		}
+		if *serve == "bare" {
+			return serveBare(ln)
+		}
+		return serveFiber(ln, *redisAddr)
+	case "":
+	default:
+		return fmt.Errorf("-serve %q: want bare or fiber", *serve)
+	}
+	var err error
+	if o.quick {
+		o.duration, o.rounds, *conns, *sizes = 2*time.Second, 1, "32,128", "1024"
+		o.noCache = false
+	}
+	if o.conns, err = ints(*conns); err != nil {
+		return fmt.Errorf("-conns: %w", err)
+	}
+	if o.sizes, err = ints(*sizes); err != nil {
+		return fmt.Errorf("-sizes: %w", err)
+	}
+	return bench(o)
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive number", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// target is one server under test.
+type target struct {
+	name string
+	url  string
+	cmd  *exec.Cmd
+}
+
+func bench(o options) error {
+	tmp, err := os.MkdirTemp("", "idem-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	redisAddr, stopRedis, err := startRedis(o.redisServer, tmp)
+	if err != nil {
+		return err
+	}
+	defer stopRedis()
+
+	fmt.Fprintln(os.Stderr, "building the example ...")
+	example := filepath.Join(tmp, "example")
+	build := exec.Command("go", "build", "-o", example, ".")
+	build.Dir = filepath.Join("..", "example")
+	build.Env = append(os.Environ(), "GOWORK=off")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building ../example: %w", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+
+	store := "redis://" + redisAddr + "/0"
+	const cache = "67108864" // 64 MiB
+	specs := []struct {
+		name string
+		bin  string
+		args []string
+	}{
+		{"bare net/http", self, []string{"-serve", "bare"}},
+		{"Fiber", self, []string{"-serve", "fiber", "-redis", redisAddr}},
+		{"idem go-redis", example, []string{"-store", store, "-redis-client", "go-redis", "-replay-cache", cache}},
+		{"idem rueidis", example, []string{"-store", store, "-redis-client", "rueidis", "-replay-cache", cache}},
+	}
+	if o.noCache {
+		specs = append(specs, struct {
+			name string
+			bin  string
+			args []string
+		}{"idem rueidis, no cache", example, []string{"-store", store, "-redis-client", "rueidis"}})
+	}
+	var targets []*target
+	defer func() {
+		for _, t := range targets {
+			t.cmd.Process.Kill()
+			t.cmd.Wait()
+		}
+	}()
+	for _, s := range specs {
+		addr, err := freeAddr()
+		if err != nil {
+			return err
+		}
+		cmd := exec.Command(s.bin, append([]string{"-addr", addr}, s.args...)...)
+		logf, err := os.Create(filepath.Join(tmp, strings.NewReplacer(" ", "_", "/", "_", ",", "").Replace(s.name)+".log"))
+		if err != nil {
+			return err
+		}
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("starting %s: %w", s.name, err)
+		}
+		t := &target{name: s.name, url: "http://" + addr, cmd: cmd}
+		targets = append(targets, t)
+		if err := waitHealthy(t.url + "/healthz"); err != nil {
+			out, _ := os.ReadFile(logf.Name())
+			return fmt.Errorf("%s did not come up: %w\n%s", s.name, err, out)
+		}
+	}
+
+	type config struct {
+		scenario string
+		conns    int
+		size     int
+	}
+	var configs []config
+	for _, sc := range []string{"new", "replay"} {
+		for _, c := range o.conns {
+			configs = append(configs, config{sc, c, 1024})
+		}
+		for _, s := range o.sizes {
+			if s != 1024 {
+				configs = append(configs, config{sc, o.sizeConns, s})
+			}
+		}
+	}
+	total := o.rounds * len(configs) * len(targets)
+	fmt.Fprintf(os.Stderr, "%d measurements of %v: about %v, plus warm-up\n", total, o.duration,
+		(time.Duration(total) * o.duration).Round(time.Second))
+
+	res := newResults()
+	n := 0
+	for round := 0; round < o.rounds; round++ {
+		for ci, c := range configs {
+			for k := range targets {
+				t := targets[(k+round+ci)%len(targets)]
+				n++
+				if err := flushRedis(redisAddr); err != nil {
+					return err
+				}
+				m, err := measure(t, c.scenario, c.conns, c.size, o.duration, redisAddr)
+				if err != nil {
+					return fmt.Errorf("%s %s c=%d: %w", t.name, c.scenario, c.conns, err)
+				}
+				res.add(key{c.scenario, c.conns, c.size, t.name}, m)
+				fmt.Fprintf(os.Stderr, "[%d/%d] round %d %-6s c=%-3d body %-8s %-24s %8.0f req/s  p50 %-8v p99 %-8v %.2f cmds/req%s\n",
+					n, total, round+1, c.scenario, c.conns, sizeName(c.size), t.name, m.rps,
+					m.p50.Round(10*time.Microsecond), m.p99.Round(10*time.Microsecond), m.cmds, m.errNote())
+			}
+		}
+	}
+
+	names := make([]string, len(targets))
+	for i, t := range targets {
+		names[i] = t.name
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	info := machineInfo(o)
+	md := res.markdown(names, o, info)
+	if err := os.WriteFile(filepath.Join(o.out, "results.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.out, "chart.svg"), []byte(res.svg(names, o)), 0o644); err != nil {
+		return err
+	}
+	fmt.Println(md)
+	fmt.Fprintf(os.Stderr, "wrote %s and %s\n", filepath.Join(o.out, "results.md"), filepath.Join(o.out, "chart.svg"))
+	return nil
+}
+
+func machineInfo(o options) string {
+	v, _ := exec.Command(o.redisServer, "--version").Output()
+	return fmt.Sprintf("%s, %d CPUs, %s/%s, %s; %s", time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(),
+		runtime.GOOS, runtime.GOARCH, runtime.Version(), strings.TrimSpace(strings.Fields(string(v) + " ? ? ?")[2]))
+}
+
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<20-(64<<10):
+		return "1 MiB"
+	case n >= 1<<10:
+		return strconv.Itoa(n>>10) + " KiB"
+	}
+	return strconv.Itoa(n) + " B"
+}
+
+// freeAddr returns a loopback address with a port that was free a moment
+// ago.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func waitHealthy(url string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = errors.New(resp.Status)
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startRedis starts a redis-server without persistence on a free loopback
+// port.
+func startRedis(bin, dir string) (string, func(), error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return "", nil, err
+	}
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	logf, err := os.Create(filepath.Join(dir, "redis.log"))
+	if err != nil {
+		return "", nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("starting %s (install redis-server, or give -redis-server): %w", bin, err)
+	}
+	stop := func() { cmd.Process.Kill(); cmd.Wait() }
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := redisCommand(addr, "PING"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			stop()
+			return "", nil, fmt.Errorf("redis-server on %s: %w", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fmt.Fprintf(os.Stderr, "redis-server on %s\n", addr)
+	return addr, stop, nil
+}
+
+func flushRedis(addr string) error {
+	_, err := redisCommand(addr, "FLUSHALL")
+	return err
+}
+
+// redisCommand sends one command on a new connection and returns its reply
+// as text: enough RESP for PING, FLUSHALL and INFO.
+func redisCommand(addr string, args ...string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := conn.Write([]byte(b.String())); err != nil {
+		return "", err
+	}
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	switch {
+	case strings.HasPrefix(line, "+"):
+		return line[1:], nil
+	case strings.HasPrefix(line, "-"):
+		return "", errors.New(line[1:])
+	case strings.HasPrefix(line, "$"):
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return "", fmt.Errorf("unexpected reply %q", line)
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+	return "", fmt.Errorf("unexpected reply %q", line)
+}
+
+// commandStats returns the calls of every command so far.
+func commandStats(addr string) (map[string]int64, error) {
+	info, err := redisCommand(addr, "INFO", "commandstats")
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, f := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(f, "calls="); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				out[strings.TrimPrefix(name, "cmdstat_")] = n
+			}
+		}
+	}
+	return out, nil
+}
+
+// clientCommands returns the commands the servers' clients sent between two
+// snapshots. Commands that Lua scripts run are counted by Redis too: when
+// scripts ran, only the script calls count (idem's clients send nothing
+// else); the harness's own INFO and FLUSHALL never count.
+func clientCommands(before, after map[string]int64) int64 {
+	delta := map[string]int64{}
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			delta[k] = d
+		}
+	}
+	scripts := delta["evalsha"] + delta["eval"] + delta["evalsha_ro"] + delta["eval_ro"] + delta["fcall"]
+	if scripts > 0 {
+		return scripts
+	}
+	var n int64
+	keys := make([]string, 0, len(delta))
+	for k := range delta {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch k {
+		case "info", "flushall", "ping", "hello", "client|setinfo", "client|setname", "cluster|slots", "cluster|shards", "command", "select":
+			continue
+		}
+		n += delta[k]
+	}
+	return n
+}
