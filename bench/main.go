@@ -182,6 +182,7 @@ func bench(o options) error {
 			return err
 		}
 		cmd := exec.Command(s.bin, append([]string{"-addr", addr}, s.args...)...)
+		cmd.SysProcAttr = childAttr()
 		logf, err := os.Create(filepath.Join(tmp, strings.NewReplacer(" ", "_", "/", "_", ",", "").Replace(s.name)+".log"))
 		if err != nil {
 			return err
@@ -314,6 +315,7 @@ func startRedis(bin, dir string) (string, func(), error) {
 	}
 	_, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+	cmd.SysProcAttr = childAttr()
 	logf, err := os.Create(filepath.Join(dir, "redis.log"))
 	if err != nil {
 		return "", nil, err
