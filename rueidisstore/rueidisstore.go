@@ -114,7 +114,19 @@ return 1
 `
 )
 
+// lookupSrc reads a record without changing it, for operators (Load does
+// not preload it). Returns nil for an absent key, else {v, s, t, f, r, pttl}.
+const lookupSrc = `
+if redis.call('EXISTS', KEYS[1]) == 0 then
+	return nil
+end
+local rec = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'f', 'r')
+rec[6] = redis.call('PTTL', KEYS[1])
+return rec
+`
+
 var (
+	lookupScript   = rueidis.NewLuaScript(lookupSrc)
 	claimScript    = rueidis.NewLuaScript(claimSrc)
 	completeScript = rueidis.NewLuaScript(completeSrc)
 	releaseScript  = rueidis.NewLuaScript(releaseSrc)
@@ -288,4 +300,34 @@ func fenced(op string, res rueidis.RedisResult) error {
 	return fmt.Errorf("rueidisstore: %s: unexpected script reply %d", op, n)
 }
 
-var _ idem.Store = (*Store)(nil)
+// Lookup implements idem.Inspector with one script that reads the record
+// and its TTL.
+func (s *Store) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
+	fields, err := lookupScript.Exec(ctx, s.client, []string{s.prefix + key}, nil).ToArray()
+	if rueidis.IsRedisNil(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rueidisstore: lookup: %w", err)
+	}
+	rec, err := parseRecord(fields)
+	if err != nil {
+		return nil, fmt.Errorf("rueidisstore: lookup: %w", err)
+	}
+	return &idem.KeyState{State: rec.State, Fingerprint: rec.Fingerprint, Result: rec.Result, ExpiresIn: rec.ExpiresIn}, nil
+}
+
+// Delete implements idem.Inspector with DEL. Redis removes expired keys
+// itself, so a key that DEL finds was live.
+func (s *Store) Delete(ctx context.Context, key string) (bool, error) {
+	n, err := s.client.Do(ctx, s.client.B().Del().Key(s.prefix+key).Build()).AsInt64()
+	if err != nil {
+		return false, fmt.Errorf("rueidisstore: delete: %w", err)
+	}
+	return n > 0, nil
+}
+
+var (
+	_ idem.Store     = (*Store)(nil)
+	_ idem.Inspector = (*Store)(nil)
+)
