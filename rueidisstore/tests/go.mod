@@ -9,6 +9,7 @@ require (
 	github.com/idemgo/idem/rueidisstore v0.1.0
 	github.com/redis/go-redis/v9 v9.17.3
 	github.com/redis/rueidis v1.0.79
+	go.uber.org/goleak v1.3.0
 )
 
 require (
