@@ -288,7 +288,8 @@ func TestReplayCacheOptionChecked(t *testing.T) {
 		idem.WithReplayCache(1<<20, 0, time.Minute),
 		idem.WithReplayCache(1<<20, 10, 0),
 	} {
-		if _, err := idem.NewMiddleware(memstore.New(), o); err == nil || !strings.Contains(err.Error(), "WithReplayCache") {
+		st, _ := newCountingStore(t)
+		if _, err := idem.NewMiddleware(st, o); err == nil || !strings.Contains(err.Error(), "WithReplayCache") {
 			t.Errorf("NewMiddleware: %v, want an error naming WithReplayCache", err)
 		}
 	}
