@@ -1,7 +1,6 @@
 module github.com/idemgo/idem/idemotel
 
-// OpenTelemetry v1.40.0, the oldest release the module proxy serves here,
-// needs Go 1.24.
+// OpenTelemetry v1.40.0 needs Go 1.24.
 go 1.24.0
 
 require (

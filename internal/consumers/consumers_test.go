@@ -103,57 +103,76 @@ func TestRootAndMemstoreBringNothingElse(t *testing.T) {
 	}
 }
 
-// A program that uses the go-redis store gets go-redis and what go-redis
-// itself needs: nothing of idem's tests (no miniredis) and nothing of the
-// other stores.
-func TestRedisstoreBringsGoRedisOnly(t *testing.T) {
-	required, graph := tidyConsumer(t,
-		[]string{"github.com/idemgo/idem", "github.com/idemgo/idem/redisstore"},
-		[]string{"github.com/idemgo/idem", "github.com/idemgo/idem/redisstore"})
-	want := []string{"github.com/idemgo/idem", "github.com/idemgo/idem/redisstore"}
-	if strings.Join(required, " ") != strings.Join(want, " ") {
-		t.Fatalf("direct requirements = %v, want %v", required, want)
+// A program that uses a store or an adapter with a third-party dependency
+// gets that dependency and what it needs in turn: nothing of idem's tests
+// (no miniredis, no drivers), nothing of the other stores or adapters.
+func TestModulesBringTheirOwnDependenciesOnly(t *testing.T) {
+	cases := []struct {
+		module string
+		// extra lists modules the adapter's tests need that its users
+		// have anyway, with the reason.
+		extra map[string]string
+	}{
+		{module: "redisstore"},
+		{module: "rueidisstore"},
+		{module: "idemprom"},
+		{module: "idemotel", extra: map[string]string{
+			"go.opentelemetry.io/otel/sdk":        "an OpenTelemetry user exports through the SDK",
+			"go.opentelemetry.io/otel/sdk/metric": "likewise for metrics",
+		}},
 	}
-	allowed := map[string]bool{
-		"github.com/idemgo/idem":            true,
-		"github.com/idemgo/idem/redisstore": true,
-		"github.com/redis/go-redis/v9":      true,
-	}
-	for _, m := range goRedisDeps(t) {
-		allowed[m] = true
-	}
-	for _, m := range graph {
-		if !allowed[m] {
-			t.Errorf("module graph holds %s, which neither redisstore nor go-redis requires", m)
-		}
-	}
-	if !contains(graph, "github.com/redis/go-redis/v9") {
-		t.Fatalf("module graph %v lacks go-redis", graph)
+	for _, c := range cases {
+		t.Run(c.module, func(t *testing.T) {
+			mod := "github.com/idemgo/idem/" + c.module
+			required, graph := tidyConsumer(t,
+				[]string{"github.com/idemgo/idem", mod},
+				[]string{"github.com/idemgo/idem", mod})
+			want := []string{"github.com/idemgo/idem", mod}
+			if strings.Join(required, " ") != strings.Join(want, " ") {
+				t.Fatalf("direct requirements = %v, want %v", required, want)
+			}
+			allowed := map[string]bool{"github.com/idemgo/idem": true, mod: true}
+			for _, m := range libraryDeps(t, filepath.Join(repoRoot(t), c.module), c.extra) {
+				allowed[m] = true
+			}
+			for _, m := range graph {
+				if !allowed[m] {
+					t.Errorf("module graph holds %s, which neither %s's code nor what it imports requires", m, c.module)
+				}
+			}
+		})
 	}
 }
 
-// goRedisDeps lists the modules that go-redis's own go.mod requires.
-func goRedisDeps(t *testing.T) []string {
+// libraryDeps lists the modules whose packages the non-test code of the
+// module in dir imports, the modules in extra, and the modules that their
+// go.mod files require.
+func libraryDeps(t *testing.T, dir string, extra map[string]string) []string {
 	t.Helper()
-	dir := t.TempDir()
-	write(t, filepath.Join(dir, "go.mod"), "module example.com/probe\n\ngo 1.22\n")
-	goCmd(t, dir, "get", "github.com/redis/go-redis/v9@"+goRedisVersion(t))
-	out := goCmd(t, dir, "mod", "graph")
-	var deps []string
+	out := goCmd(t, dir, "list", "-deps", "-f", "{{with .Module}}{{if not .Main}}{{.Path}}@{{.Version}}{{end}}{{end}}", "./...")
+	used := map[string]bool{}
 	for _, l := range nonEmptyLines(out) {
-		from, to, ok := strings.Cut(l, " ")
-		if ok && strings.HasPrefix(from, "github.com/redis/go-redis/v9@") {
-			deps = append(deps, strings.SplitN(to, "@", 2)[0])
+		if !strings.HasPrefix(l, "github.com/idemgo/idem") {
+			used[l] = true
 		}
 	}
-	return deps
-}
-
-// goRedisVersion is the go-redis version that redisstore requires.
-func goRedisVersion(t *testing.T) string {
-	t.Helper()
-	out := goCmd(t, filepath.Join(repoRoot(t), "redisstore"), "list", "-m", "-f", "{{.Version}}", "github.com/redis/go-redis/v9")
-	return strings.TrimSpace(out)
+	deps := map[string]bool{}
+	for _, l := range nonEmptyLines(goCmd(t, dir, "mod", "graph")) {
+		from, to, ok := strings.Cut(l, " ")
+		if !ok {
+			continue
+		}
+		if used[from] || extra[strings.SplitN(from, "@", 2)[0]] != "" {
+			deps[strings.SplitN(from, "@", 2)[0]] = true
+			deps[strings.SplitN(to, "@", 2)[0]] = true
+		}
+	}
+	var list []string
+	for m := range deps {
+		list = append(list, m)
+	}
+	sort.Strings(list)
+	return list
 }
 
 // The SQL store imports no driver, and its module requires none: its users
