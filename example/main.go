@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/internal/storeurl"
 )
 
 func main() {
@@ -46,14 +47,14 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("example", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
-	storeSpec := fs.String("store", "memory", "store: memory, sqlite:PATH, redis://host:port/db, redis-cluster://host:port?addr=host2:port2, postgres://..., mysql://user:pass@host:port/db")
+	storeSpec := fs.String("store", "memory", "store: "+storeurl.Usage)
 	ttl := fs.Duration("ttl", 24*time.Hour, "how long completed responses are kept for replay")
 	lockTTL := fs.Duration("lock-ttl", 30*time.Second, "lease of an in-flight request")
 	metrics := fs.Bool("metrics", false, "serve Prometheus metrics on GET /metrics")
 	adminAddr := fs.String("admin", "", "listen address of the key inspection endpoints (off when empty); keep it private")
 	var level slog.Level
 	fs.TextVar(&level, "log-level", slog.LevelDebug, "lowest level logged: debug logs every outcome, info conflicts, mismatches and refusals, error store failures")
-	fs.StringVar(&redisClient, "redis-client", clientRueidis, "Redis client of redis:// stores: rueidis or go-redis")
+	redisClient := fs.String("redis-client", storeurl.ClientRueidis, "Redis client of redis:// stores: rueidis or go-redis")
 	replayCache := fs.Int64("replay-cache", 0, "bytes of completed responses kept in memory to answer replays with no store call (0: off)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -61,7 +62,7 @@ func run(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	if err := checkRedisClient(); err != nil {
+	if err := storeurl.CheckRedisClient(*redisClient); err != nil {
 		return err
 	}
 
@@ -71,7 +72,7 @@ func run(args []string) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(logger)
 	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	store, closeStore, err := openStore(openCtx, *storeSpec)
+	store, closeStore, err := storeurl.Open(openCtx, *storeSpec, storeurl.Options{Logger: logger, RedisClient: *redisClient})
 	cancel()
 	if err != nil {
 		return err
@@ -85,7 +86,7 @@ func run(args []string) error {
 	if *adminAddr != "" {
 		ins, ok := store.(idem.Inspector)
 		if !ok {
-			return fmt.Errorf("-admin: store %s cannot inspect keys", storeKind(*storeSpec))
+			return fmt.Errorf("-admin: store %s cannot inspect keys", storeurl.Kind(*storeSpec))
 		}
 		aln, err := net.Listen("tcp", *adminAddr)
 		if err != nil {
@@ -102,7 +103,7 @@ func run(args []string) error {
 	}
 	srv := newHTTPServer(handler)
 	// The tests read this line to learn the port of -addr 127.0.0.1:0.
-	fmt.Printf("listening on %s (store %s)\n", ln.Addr(), storeKind(*storeSpec))
+	fmt.Printf("listening on %s (store %s)\n", ln.Addr(), storeurl.Kind(*storeSpec))
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -144,15 +145,4 @@ func newHTTPServer(h http.Handler) *http.Server {
 		// Request headers are at most 64 KiB (net/http's default is 1 MiB).
 		MaxHeaderBytes: 64 << 10,
 	}
-}
-
-// storeKind returns the scheme of a -store value, so that no password in a
-// URL is printed.
-func storeKind(spec string) string {
-	for i := 0; i < len(spec); i++ {
-		if spec[i] == ':' {
-			return spec[:i]
-		}
-	}
-	return spec
 }

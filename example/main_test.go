@@ -8,11 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/idemgo/idem/internal/storeurl"
 )
 
 // uniqueKey returns an idempotency key no other test or run uses, for tests
@@ -303,7 +306,7 @@ func durableStores(t *testing.T) map[string]string {
 func TestServiceSharedDurableStores(t *testing.T) {
 	for name, spec := range durableStores(t) {
 		t.Run(name, func(t *testing.T) {
-			if _, ok := storeOpeners[storeKind(spec)]; !ok {
+			if !slices.Contains(storeurl.Schemes(), storeurl.Kind(spec)) {
 				t.Fatalf("store %s is not built into the example", name)
 			}
 			// On Redis the two processes use the two clients (go-redis and
@@ -338,18 +341,5 @@ func TestServiceSharedDurableStores(t *testing.T) {
 				t.Fatalf("restarted process ran the handler %d times", l.Executions)
 			}
 		})
-	}
-}
-
-func TestStoreKindHidesCredentials(t *testing.T) {
-	for spec, want := range map[string]string{
-		"postgres://user:secret@db/x": "postgres",
-		"mysql://user:secret@db/x":    "mysql",
-		"memory":                      "memory",
-		"sqlite:/tmp/x.db":            "sqlite",
-	} {
-		if got := storeKind(spec); got != want {
-			t.Errorf("storeKind(%q) = %q, want %q", spec, got, want)
-		}
 	}
 }

@@ -11,11 +11,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/idemgo/idem/internal/storeurl"
 )
 
 // relStoreSpec returns the -store value of the shared store name
@@ -66,8 +69,8 @@ func relStoreSpec(t *testing.T, name string) string {
 	default:
 		t.Fatalf("unknown store %q", name)
 	}
-	if _, ok := storeOpeners[storeKind(spec)]; !ok {
-		unavailable(fmt.Sprintf("the example does not open %q stores (no opener registered for %q)", name, storeKind(spec)))
+	if !slices.Contains(storeurl.Schemes(), storeurl.Kind(spec)) {
+		unavailable(fmt.Sprintf("the example does not open %q stores (no opener registered for %q)", name, storeurl.Kind(spec)))
 	}
 	return spec
 }

@@ -1,4 +1,4 @@
-package main
+package storeurl
 
 import (
 	"context"
@@ -15,23 +15,23 @@ import (
 	"github.com/idemgo/idem/rueidisstore"
 )
 
-// Redis clients of -redis-client: rueidis (rueidisstore) pipelines the
-// commands of concurrent requests and is the faster under load; go-redis
-// (redisstore) is the one many programs already hold.
+// Redis clients of Options.RedisClient (the commands' -redis-client):
+// rueidis (rueidisstore) pipelines the commands of concurrent requests and
+// is the faster under load; go-redis (redisstore) is the one many programs
+// already hold.
 const (
-	clientRueidis = "rueidis"
-	clientGoRedis = "go-redis"
+	ClientRueidis = "rueidis"
+	ClientGoRedis = "go-redis"
 )
 
-// redisClient is the value of -redis-client.
-var redisClient = clientRueidis
-
-func checkRedisClient() error {
-	switch redisClient {
-	case clientRueidis, clientGoRedis:
+// CheckRedisClient reports whether name is a Redis client Open knows
+// (ClientRueidis or ClientGoRedis; "" means ClientRueidis).
+func CheckRedisClient(name string) error {
+	switch name {
+	case "", ClientRueidis, ClientGoRedis:
 		return nil
 	}
-	return fmt.Errorf("-redis-client %q: want %s or %s", redisClient, clientRueidis, clientGoRedis)
+	return fmt.Errorf("-redis-client %q: want %s or %s", name, ClientRueidis, ClientGoRedis)
 }
 
 // Redis stores: "redis://host:port/db" (go-redis ParseURL form) for one node,
@@ -40,13 +40,13 @@ func checkRedisClient() error {
 // forms "rediss://…" and "rediss-cluster://…".
 func init() {
 	for _, scheme := range []string{"redis", "rediss"} {
-		storeOpeners[scheme] = openRedis
-		storeOpeners[scheme+"-cluster"] = openRedisCluster
+		openers[scheme] = openRedis
+		openers[scheme+"-cluster"] = openRedisCluster
 	}
 }
 
-func openRedis(ctx context.Context, spec string) (idem.Store, func() error, error) {
-	if redisClient == clientRueidis {
+func openRedis(ctx context.Context, spec string, o Options) (idem.Store, func() error, error) {
+	if o.RedisClient != ClientGoRedis {
 		return openRueidis(ctx, spec)
 	}
 	opt, err := redis.ParseURL(spec)
@@ -57,11 +57,11 @@ func openRedis(ctx context.Context, spec string) (idem.Store, func() error, erro
 	return openRedisClient(ctx, redis.NewClient(opt), opt.Addr)
 }
 
-func openRedisCluster(ctx context.Context, spec string) (idem.Store, func() error, error) {
+func openRedisCluster(ctx context.Context, spec string, o Options) (idem.Store, func() error, error) {
 	// "redis-cluster://…" → "redis://…", "rediss-cluster://…" → "rediss://…".
 	scheme, rest, _ := strings.Cut(spec, "://")
 	spec = strings.TrimSuffix(scheme, "-cluster") + "://" + rest
-	if redisClient == clientRueidis {
+	if o.RedisClient != ClientGoRedis {
 		return openRueidis(ctx, spec)
 	}
 	opt, err := redis.ParseClusterURL(spec)

@@ -1,11 +1,10 @@
-package main
+package storeurl
 
 import (
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/url"
 	"strings"
@@ -24,12 +23,12 @@ import (
 // scheme), "mysql://user:pass@host:port/db" for MySQL or MariaDB. All
 // create their table on start.
 func init() {
-	storeOpeners["sqlite"] = openSQLite
-	storeOpeners["postgres"] = openPostgres
-	storeOpeners["mysql"] = openMySQL
+	openers["sqlite"] = openSQLite
+	openers["postgres"] = openPostgres
+	openers["mysql"] = openMySQL
 }
 
-func openSQLite(ctx context.Context, spec string) (idem.Store, func() error, error) {
+func openSQLite(ctx context.Context, spec string, o Options) (idem.Store, func() error, error) {
 	path := strings.TrimPrefix(spec, "sqlite:")
 	if path == "" {
 		return nil, nil, errors.New("-store sqlite:PATH: the path is empty")
@@ -38,10 +37,10 @@ func openSQLite(ctx context.Context, spec string) (idem.Store, func() error, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("-store: sqlite file %s: %w", path, err)
 	}
-	return openSQL(ctx, db, sqlstore.SQLite, "sqlite file "+path)
+	return openSQL(ctx, o, db, sqlstore.SQLite, "sqlite file "+path)
 }
 
-func openPostgres(ctx context.Context, spec string) (idem.Store, func() error, error) {
+func openPostgres(ctx context.Context, spec string, o Options) (idem.Store, func() error, error) {
 	// pgx's errors leave the password out of the URL they quote.
 	db, err := sql.Open("pgx", spec)
 	if err != nil {
@@ -53,10 +52,10 @@ func openPostgres(ctx context.Context, spec string) (idem.Store, func() error, e
 	// finds them ready (database/sql keeps only 2 idle by default).
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
-	return openSQL(ctx, db, sqlstore.Postgres, "postgres")
+	return openSQL(ctx, o, db, sqlstore.Postgres, "postgres")
 }
 
-func openMySQL(ctx context.Context, spec string) (idem.Store, func() error, error) {
+func openMySQL(ctx context.Context, spec string, o Options) (idem.Store, func() error, error) {
 	cfg, err := mysqlConfig(spec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("-store: %w", err)
@@ -68,7 +67,7 @@ func openMySQL(ctx context.Context, spec string) (idem.Store, func() error, erro
 	db := sql.OpenDB(conn)
 	db.SetMaxOpenConns(16) // as for PostgreSQL
 	db.SetMaxIdleConns(16)
-	return openSQL(ctx, db, sqlstore.MySQL, "mysql "+cfg.Addr+"/"+cfg.DBName)
+	return openSQL(ctx, o, db, sqlstore.MySQL, "mysql "+cfg.Addr+"/"+cfg.DBName)
 }
 
 // mysqlConfig turns mysql://user:pass@host[:port]/db[?param=value&…] into
@@ -113,9 +112,9 @@ func mysqlConfig(spec string) (*mysql.Config, error) {
 
 // openSQL checks that the database answers, creates the table if needed
 // and returns the store; closing it stops the sweeper and closes db.
-func openSQL(ctx context.Context, db *sql.DB, dialect sqlstore.Dialect, what string) (idem.Store, func() error, error) {
+func openSQL(ctx context.Context, o Options, db *sql.DB, dialect sqlstore.Dialect, what string) (idem.Store, func() error, error) {
 	store, err := sqlstore.New(db, dialect, sqlstore.WithSweepErrorHandler(func(err error) {
-		slog.Warn("deleting expired idempotency records failed", "store", what, "err", err)
+		o.logger().Warn("deleting expired idempotency records failed", "store", what, "err", err)
 	}))
 	if err == nil {
 		err = db.PingContext(ctx)
