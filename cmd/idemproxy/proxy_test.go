@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -450,7 +451,12 @@ func TestPassThroughStreamsBothWays(t *testing.T) {
 	p := startProxy(t, b.url())
 	for _, method := range []string{"PUT", "POST"} { // POST without a key
 		pr, pw := io.Pipe()
-		req, _ := http.NewRequestWithContext(ctxTimeout(t), method, p.URL+"/duplex", pr)
+		ctx := ctxTimeout(t)
+		go func() {
+			<-ctx.Done() // unblock a write the transport no longer reads
+			pr.CloseWithError(ctx.Err())
+		}()
+		req, _ := http.NewRequestWithContext(ctx, method, p.URL+"/duplex", pr)
 		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -564,6 +570,45 @@ func TestGracefulShutdownFinishesInFlight(t *testing.T) {
 		t.Fatalf("after the restart: %d %s", again.Status, again.Body)
 	}
 	if n := b.keyCount("inflight"); n != 1 {
+		t.Fatalf("the upstream ran %d times, want 1", n)
+	}
+}
+
+// A client that hangs up while the upstream works does not cancel the
+// upstream call: its answer is recorded, and the retry gets it.
+func TestClientHangUpStillRecorded(t *testing.T) {
+	b := startGoBackend(t)
+	p := startProxy(t, b.url())
+	body := `{"amount": 8, "currency": "eur", "delay_ms": 500}`
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", p.URL+"/payments", strings.NewReader(body))
+	req.Header.Set("Idempotency-Key", "hangup-client")
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	if !pollUntil(30*time.Second, func() bool { return b.keyCount("hangup-client") > 0 }) {
+		t.Fatal("the request did not reach the upstream")
+	}
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("the request finished before the client hung up")
+	}
+	var r reply
+	if !pollUntil(30*time.Second, func() bool {
+		r = p.mustPost("hangup-client", "", body)
+		return r.Status != http.StatusConflict
+	}) {
+		t.Fatal("the key stayed in progress")
+	}
+	if r.Status != 201 || r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry after the hang-up: %d replayed=%q %s", r.Status, r.Header.Get("Idempotent-Replayed"), r.Body)
+	}
+	if n := b.keyCount("hangup-client"); n != 1 {
 		t.Fatalf("the upstream ran %d times, want 1", n)
 	}
 }
