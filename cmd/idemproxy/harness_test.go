@@ -316,7 +316,9 @@ type goBackend struct {
 	payments   int
 	executions int64
 	keys       map[string]int64
-	seen       []http.Header // headers of POST /payments, in order
+	// inflight and maxInflight count the delayed runs of each key.
+	inflight, maxInflight map[string]int
+	seen                  []http.Header // headers of POST /payments, in order
 
 	// hangUpNext makes the next POST /payments close the connection
 	// without answering; holdNext makes it wait until release is closed.
@@ -329,7 +331,7 @@ type goBackend struct {
 
 func startGoBackend(t *testing.T) *goBackend {
 	t.Helper()
-	b := &goBackend{keys: map[string]int64{}, release: make(chan struct{}), proceed: make(chan struct{}, 16)}
+	b := &goBackend{keys: map[string]int64{}, inflight: map[string]int{}, maxInflight: map[string]int{}, release: make(chan struct{}), proceed: make(chan struct{}, 16)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /payments", b.create)
 	mux.HandleFunc("GET /payments", func(w http.ResponseWriter, r *http.Request) {
@@ -473,10 +475,17 @@ func (b *goBackend) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.DelayMS > 0 {
-		select {
-		case <-time.After(time.Duration(req.DelayMS) * time.Millisecond):
-		case <-r.Context().Done():
-		}
+		// The work goes on if the proxy goes away, as a call to a payment
+		// provider would.
+		key := r.Header.Get("Idempotency-Key")
+		b.mu.Lock()
+		b.inflight[key]++
+		b.maxInflight[key] = max(b.maxInflight[key], b.inflight[key])
+		b.mu.Unlock()
+		time.Sleep(time.Duration(req.DelayMS) * time.Millisecond)
+		b.mu.Lock()
+		b.inflight[key]--
+		b.mu.Unlock()
 	}
 	if req.Fail {
 		problem(500, "Payment failed")
