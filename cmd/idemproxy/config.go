@@ -89,6 +89,7 @@ type defaults struct {
 	maxResponse  int
 	scope        func(*http.Request) string
 	logger       *slog.Logger
+	hook         func(idem.Event)
 }
 
 // options returns the middleware options of route r over the defaults d.
@@ -109,6 +110,9 @@ func (r routeConfig) options(d defaults) []idem.Option {
 	}
 	if d.scope != nil {
 		opts = append(opts, idem.WithScope(d.scope))
+	}
+	if d.hook != nil {
+		opts = append(opts, idem.WithHook(d.hook))
 	}
 	if d.logger != nil {
 		opts = append(opts, idem.WithLogger(d.logger))

@@ -4,11 +4,14 @@ go 1.24.0
 
 require (
 	github.com/idemgo/idem v0.1.0
+	github.com/idemgo/idem/idemprom v0.1.0
 	github.com/idemgo/idem/internal/storeurl v0.1.0
+	github.com/prometheus/client_golang v1.22.0
 )
 
 require (
 	filippo.io/edwards25519 v1.2.0 // indirect
+	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dgryski/go-rendezvous v0.0.0-20200823014737-9f7001d12a5f // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
@@ -21,7 +24,11 @@ require (
 	github.com/jackc/pgx/v5 v5.7.4 // indirect
 	github.com/jackc/puddle/v2 v2.2.2 // indirect
 	github.com/mattn/go-isatty v0.0.20 // indirect
+	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/ncruces/go-strftime v0.1.9 // indirect
+	github.com/prometheus/client_model v0.6.1 // indirect
+	github.com/prometheus/common v0.62.0 // indirect
+	github.com/prometheus/procfs v0.15.1 // indirect
 	github.com/redis/go-redis/v9 v9.17.3 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
 	golang.org/x/crypto v0.31.0 // indirect
@@ -29,6 +36,7 @@ require (
 	golang.org/x/sync v0.10.0 // indirect
 	golang.org/x/sys v0.30.0 // indirect
 	golang.org/x/text v0.21.0 // indirect
+	google.golang.org/protobuf v1.36.5 // indirect
 	modernc.org/libc v1.61.13 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.8.2 // indirect
@@ -37,6 +45,7 @@ require (
 
 replace (
 	github.com/idemgo/idem => ../..
+	github.com/idemgo/idem/idemprom => ../../idemprom
 	github.com/idemgo/idem/internal/storeurl => ../../internal/storeurl
 	github.com/idemgo/idem/redisstore => ../../redisstore
 	github.com/idemgo/idem/sqlstore => ../../sqlstore

@@ -17,7 +17,8 @@
 //	                        "" for one scope)
 //	-config FILE            per-route settings (JSON); without it POST and PATCH
 //	                        are protected on every path
-//	-admin-addr ADDR        listen address of /healthz (default: none)
+//	-admin-addr ADDR        listen address of /healthz, /metrics and /keys/{key}
+//	                        (default: none; keep it private)
 //	-upstream-timeout D     wait for the upstream's response headers (default 60s)
 //	-max-body N             largest keyed request body (default 1 MiB)
 //	-max-response N         largest response kept for replay (default 1 MiB)
@@ -30,6 +31,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,7 +46,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/idemprom"
 	"github.com/idemgo/idem/internal/storeurl"
 )
 
@@ -64,7 +70,7 @@ func run(args []string) error {
 	lockTTL := fs.Duration("lock-ttl", idem.DefaultLockTTL, "lease of a request in flight")
 	scopeHeader := fs.String("scope-header", "Authorization", "comma-separated request headers whose digest scopes keys (\"\": one scope for all)")
 	configFile := fs.String("config", "", "JSON file of per-route settings (default: POST and PATCH protected on every path)")
-	adminAddr := fs.String("admin-addr", "", "listen address of the admin endpoints (/healthz); empty: none")
+	adminAddr := fs.String("admin-addr", "", "listen address of the admin endpoints (/healthz, /metrics, /keys/{key}); empty: none; keep it private")
 	upstreamTimeout := fs.Duration("upstream-timeout", 60*time.Second, "how long to wait for the upstream's response headers")
 	maxBody := fs.Int64("max-body", idem.DefaultMaxBodySize, "largest request body of a keyed request, in bytes")
 	maxResponse := fs.Int("max-response", idem.DefaultMaxResponseSize, "largest response body kept for replay, in bytes")
@@ -122,6 +128,15 @@ func run(args []string) error {
 	}
 	defer closeStore()
 
+	adm := &admin{reg: prometheus.NewRegistry(), scope: d.scope, log: logger}
+	metrics, err := idemprom.New(adm.reg, idemprom.WithRoute(routeOf))
+	if err != nil {
+		return err
+	}
+	store = metrics.Store(store)
+	adm.ins, _ = store.(idem.Inspector)
+	d.hook = metrics.Hook
+
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 256 // the default of 2 would reconnect under load
 	transport.ResponseHeaderTimeout = *upstreamTimeout
@@ -135,44 +150,43 @@ func run(args []string) error {
 		return err
 	}
 	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
-	var stopping atomic.Bool
-	var admin *http.Server
+	var adminSrv *http.Server
 	var adminLn net.Listener
 	if *adminAddr != "" {
 		if adminLn, err = net.Listen("tcp", *adminAddr); err != nil {
 			ln.Close()
 			return err
 		}
-		admin = &http.Server{Handler: adminHandler(&stopping), ReadHeaderTimeout: 10 * time.Second}
+		adminSrv = &http.Server{Handler: adm.handler(), ReadHeaderTimeout: 10 * time.Second}
 	}
 	// The tests read these lines to learn the ports of 127.0.0.1:0.
 	fmt.Printf("listening on %s (store %s, upstream %s)\n", ln.Addr(), storeurl.Kind(*storeSpec), target.Redacted())
 	logger.Info("idemproxy started", "addr", ln.Addr().String(), "store", storeurl.Kind(*storeSpec), "upstream", target.Redacted(), "routes", len(routes))
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
-	if admin != nil {
+	if adminSrv != nil {
 		fmt.Printf("admin on %s\n", adminLn.Addr())
-		go func() { errc <- admin.Serve(adminLn) }()
+		go func() { errc <- adminSrv.Serve(adminLn) }()
 	}
 
 	select {
 	case err := <-errc:
 		srv.Close()
-		if admin != nil {
-			admin.Close()
+		if adminSrv != nil {
+			adminSrv.Close()
 		}
 		return err
 	case <-ctx.Done():
 	}
 	// SIGTERM: /healthz turns 503 so that a load balancer stops sending,
 	// and the requests in flight finish (and are recorded) before the exit.
-	stopping.Store(true)
+	adm.stopping.Store(true)
 	logger.Info("stopping: finishing requests in flight", "timeout", shutdownTimeout.String())
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), *shutdownTimeout)
 	defer cancel()
 	err = srv.Shutdown(shutdownCtx)
-	if admin != nil {
-		admin.Shutdown(shutdownCtx)
+	if adminSrv != nil {
+		adminSrv.Shutdown(shutdownCtx)
 	}
 	if err != nil {
 		return fmt.Errorf("shutdown: %w", err)
@@ -204,21 +218,92 @@ func splitNames(s string) []string {
 	return names
 }
 
-// adminHandler serves the admin endpoints: GET /healthz answers 200 "ok"
-// while the proxy serves, 503 "stopping" once it is shutting down.
-func adminHandler(stopping *atomic.Bool) http.Handler {
+// admin serves the admin endpoints:
+//
+//	GET    /healthz      200 "ok" while the proxy serves, 503 "stopping" after SIGTERM
+//	GET    /metrics      Prometheus metrics of the middleware (idemprom)
+//	GET    /keys/{key}   the state of a client's key (if the store can tell)
+//	DELETE /keys/{key}   delete it: the next request with it runs upstream again
+//
+// /keys names the principal as the client would: with the -scope-header
+// headers. It shows what clients did and lets a request run twice: serve
+// it on a private address only.
+type admin struct {
+	stopping atomic.Bool
+	reg      *prometheus.Registry
+	ins      idem.Inspector // nil when the store cannot inspect keys
+	scope    func(*http.Request) string
+	log      *slog.Logger
+}
+
+func (a *admin) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		if stopping.Load() {
+		if a.stopping.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			w.Write([]byte("stopping\n"))
 			return
 		}
 		w.Write([]byte("ok\n"))
 	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /keys/{key}", func(w http.ResponseWriter, r *http.Request) {
+		if a.ins == nil {
+			writeProblem(w, http.StatusNotImplemented, "Not Implemented", "This store cannot look keys up.")
+			return
+		}
+		ks, err := a.ins.Lookup(r.Context(), a.storeKey(r))
+		if err != nil {
+			a.storeError(w, err)
+			return
+		}
+		out := map[string]any{"state": "absent"}
+		if ks != nil {
+			out = map[string]any{"state": ks.State.String(), "expires_in": ks.ExpiresIn.String()}
+			if resp, err := ks.Response(); err == nil {
+				out["status"] = resp.Status
+				out["replayable"] = !resp.BodyOmitted
+			}
+		}
+		writeJSON(w, out)
+	})
+	mux.HandleFunc("DELETE /keys/{key}", func(w http.ResponseWriter, r *http.Request) {
+		if a.ins == nil {
+			writeProblem(w, http.StatusNotImplemented, "Not Implemented", "This store cannot delete keys.")
+			return
+		}
+		deleted, err := a.ins.Delete(r.Context(), a.storeKey(r))
+		if err != nil {
+			a.storeError(w, err)
+			return
+		}
+		a.log.Info("admin: key deleted", "key", r.PathValue("key"), "deleted", deleted)
+		writeJSON(w, map[string]bool{"deleted": deleted})
+	})
 	return mux
+}
+
+// storeKey is the stored key of the client key in the path, under the
+// admin request's scope.
+func (a *admin) storeKey(r *http.Request) string {
+	scope := ""
+	if a.scope != nil {
+		scope = a.scope(r)
+	}
+	return idem.StoreKey(scope, r.PathValue("key"))
+}
+
+func (a *admin) storeError(w http.ResponseWriter, err error) {
+	a.log.Error("admin: store call failed", "error", err.Error())
+	writeProblem(w, http.StatusServiceUnavailable, "Service Unavailable", "The idempotency store could not answer; see the proxy's log.")
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	json.NewEncoder(w).Encode(v)
 }
 
 // checkStore is a Store that is never called: it lets the settings be

@@ -85,6 +85,8 @@ type exchangeKey struct{}
 
 // exchange is what forward tells ServeHTTP about one protected request.
 type exchange struct {
+	route string // the pattern of the route that protects the request
+
 	// abort: the upstream broke off its response; the client's connection
 	// must be cut rather than the response ended as if complete.
 	abort bool
@@ -96,13 +98,22 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.pass(w, r)
 		return
 	}
-	ex := new(exchange)
+	ex := &exchange{route: rt.pattern}
 	rt.h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 	if ex.abort {
 		// After the middleware has recorded the outcome: net/http closes
 		// the connection without ending the response.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// routeOf names the route of a protected request for the metrics: its
+// -config path pattern ("/" without -config).
+func routeOf(r *http.Request) string {
+	if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
+		return ex.route
+	}
+	return ""
 }
 
 // match returns the route that protects r, or nil.

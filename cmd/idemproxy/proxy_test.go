@@ -612,3 +612,51 @@ func TestClientHangUpStillRecorded(t *testing.T) {
 		t.Fatalf("the upstream ran %d times, want 1", n)
 	}
 }
+
+// The admin address serves the middleware's metrics and looks keys up and
+// deletes them under the scope the admin request names, as a client would.
+func TestAdminMetricsAndKeys(t *testing.T) {
+	b := startGoBackend(t)
+	p := startProxyAdmin(t, b.url(), "-store", "sqlite:"+filepath.Join(t.TempDir(), "idem.db"))
+	body := `{"amount": 2, "currency": "eur"}`
+	first := p.mustPost("adm-1", "Bearer alice", body)
+	p.mustPost("adm-1", "Bearer alice", body)
+	if first.Status != 201 {
+		t.Fatalf("POST: %d", first.Status)
+	}
+	m := mustDo(t, "GET", p.Admin+"/metrics", "", "")
+	for _, want := range []string{`idem_requests_total{outcome="executed",route="/"} 1`, `idem_requests_total{outcome="replayed",route="/"} 1`, `idem_store_call_duration_seconds_count{operation="claim",result="ok"} 2`} {
+		if !strings.Contains(string(m.Body), want) {
+			t.Fatalf("/metrics lacks %s:\n%s", want, m.Body)
+		}
+	}
+	admin := func(method, auth string) map[string]any {
+		req, _ := http.NewRequest(method, p.Admin+"/keys/adm-1", nil)
+		req.Header.Set("Authorization", auth)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s /keys: %d %v", method, resp.StatusCode, err)
+		}
+		return out
+	}
+	if ks := admin("GET", "Bearer alice"); ks["state"] != "completed" || ks["status"] != 201.0 || ks["replayable"] != true {
+		t.Fatalf("alice's key: %v", ks)
+	}
+	if ks := admin("GET", "Bearer bob"); ks["state"] != "absent" {
+		t.Fatalf("bob sees alice's key: %v", ks)
+	}
+	if d := admin("DELETE", "Bearer alice"); d["deleted"] != true {
+		t.Fatalf("DELETE: %v", d)
+	}
+	if r := p.mustPost("adm-1", "Bearer alice", body); r.Status != 201 || r.Header.Get("Idempotent-Replayed") != "" || bytes.Equal(r.Body, first.Body) {
+		t.Fatalf("after DELETE: %d replayed=%q", r.Status, r.Header.Get("Idempotent-Replayed"))
+	}
+	if n := b.keyCount("adm-1"); n != 2 {
+		t.Fatalf("the upstream ran %d times, want 2", n)
+	}
+}
