@@ -18,6 +18,7 @@ require (
 	github.com/go-sql-driver/mysql v1.10.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/idemgo/idem/redisstore v0.1.0 // indirect
+	github.com/idemgo/idem/rueidisstore v0.1.0 // indirect
 	github.com/idemgo/idem/sqlstore v0.1.0 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
@@ -30,11 +31,12 @@ require (
 	github.com/prometheus/common v0.62.0 // indirect
 	github.com/prometheus/procfs v0.15.1 // indirect
 	github.com/redis/go-redis/v9 v9.17.3 // indirect
+	github.com/redis/rueidis v1.0.79 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
 	golang.org/x/crypto v0.31.0 // indirect
-	golang.org/x/sync v0.21.0 // indirect
+	golang.org/x/sync v0.22.0 // indirect
 	golang.org/x/sys v0.47.0 // indirect
-	golang.org/x/text v0.21.0 // indirect
+	golang.org/x/text v0.41.0 // indirect
 	google.golang.org/protobuf v1.36.5 // indirect
 	modernc.org/libc v1.74.4 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
@@ -47,5 +49,6 @@ replace (
 	github.com/idemgo/idem/idemprom => ../../idemprom
 	github.com/idemgo/idem/internal/storeurl => ../../internal/storeurl
 	github.com/idemgo/idem/redisstore => ../../redisstore
+	github.com/idemgo/idem/rueidisstore => ../../rueidisstore
 	github.com/idemgo/idem/sqlstore => ../../sqlstore
 )

@@ -11,6 +11,7 @@
 //	-upstream URL           the service behind the proxy (required)
 //	-store SPEC             memory, sqlite:PATH, redis://…, redis-cluster://…,
 //	                        postgres://…, mysql://… (default memory)
+//	-redis-client NAME      rueidis (default) or go-redis, for redis:// stores
 //	-ttl D                  how long responses are replayed (default 24h)
 //	-lock-ttl D             lease of a request in flight (default 30s)
 //	-scope-header NAMES     headers whose digest scopes keys (default Authorization;
@@ -66,6 +67,7 @@ func run(args []string) error {
 	addr := fs.String("addr", "127.0.0.1:8081", "listen address")
 	upstream := fs.String("upstream", "", "URL of the service behind the proxy (required), e.g. http://127.0.0.1:9000")
 	storeSpec := fs.String("store", "memory", "store: "+storeurl.Usage)
+	redisClient := fs.String("redis-client", storeurl.ClientRueidis, "Redis client of redis:// stores: rueidis or go-redis")
 	ttl := fs.Duration("ttl", idem.DefaultTTL, "how long completed responses are kept for replay")
 	lockTTL := fs.Duration("lock-ttl", idem.DefaultLockTTL, "lease of a request in flight")
 	scopeHeader := fs.String("scope-header", "Authorization", "comma-separated request headers whose digest scopes keys (\"\": one scope for all)")
@@ -82,6 +84,9 @@ func run(args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if err := storeurl.CheckRedisClient(*redisClient); err != nil {
+		return err
 	}
 	target, err := parseUpstream(*upstream)
 	if err != nil {
@@ -121,7 +126,7 @@ func run(args []string) error {
 		return err
 	}
 	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	store, closeStore, err := storeurl.Open(openCtx, *storeSpec, storeurl.Options{Logger: logger})
+	store, closeStore, err := storeurl.Open(openCtx, *storeSpec, storeurl.Options{Logger: logger, RedisClient: *redisClient})
 	cancel()
 	if err != nil {
 		return err

@@ -265,6 +265,7 @@ func TestProxyBadFlags(t *testing.T) {
 		{append(up, "-lock-ttl", "1ms"), "lock TTL"},
 		{append(up, "extra"), "unexpected arguments"},
 		{append(up, "-log-level", "loud"), "-log-level"},
+		{append(up, "-redis-client", "jedis"), "want rueidis or go-redis"},
 		{append(up, "-config", filepath.Join(dir, "absent.json")), "no such file"},
 		{append(up, "-config", write("typo.json", `{"routes": [{"path": "/p", "methds": ["POST"]}]}`)), `unknown field "methds"`},
 		{append(up, "-config", write("empty.json", `{"routes": []}`)), "no routes"},

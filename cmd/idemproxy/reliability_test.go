@@ -52,7 +52,12 @@ func TestStormOverSharedStore(t *testing.T) {
 				}
 				var procs []*proc
 				for i := 0; i < 3; i++ {
-					procs = append(procs, startProxy(t, b.url(), "-store", spec))
+					args := []string{"-store", spec}
+					if store == "redis" && i == 0 {
+						// One proxy on go-redis, two on rueidis, over one store.
+						args = append(args, "-redis-client", "go-redis")
+					}
+					procs = append(procs, startProxy(t, b.url(), args...))
 				}
 				runStorm(t, b, procs, 30, 12)
 			})
