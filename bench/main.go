@@ -1,7 +1,8 @@
 // Command bench is the load harness: it compares the example payments
 // service on idem (over each Redis client) with the same API on bare
-// net/http and on Fiber v2's idempotency middleware, all on one local
-// redis-server, and writes a markdown table and an SVG chart.
+// net/http, on Fiber v2's idempotency middleware and behind idemproxy (in
+// front of the bare server), all on one local redis-server, and writes a
+// markdown table and an SVG chart.
 //
 //	cd bench && go run . -quick     # about a minute
 //	cd bench && go run .            # the full sweep, about ten minutes
@@ -116,6 +117,10 @@ func ints(s string) ([]int, error) {
 	return out, nil
 }
 
+// upstreamBare, as an argument of a server, is replaced by the URL of the
+// bare net/http server.
+const upstreamBare = "{bare}"
+
 // target is one server under test.
 type target struct {
 	name string
@@ -145,6 +150,15 @@ func bench(o options) error {
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("building ../example: %w", err)
 	}
+	fmt.Fprintln(os.Stderr, "building idemproxy ...")
+	proxy := filepath.Join(tmp, "idemproxy")
+	build = exec.Command("go", "build", "-o", proxy, ".")
+	build.Dir = filepath.Join("..", "cmd", "idemproxy")
+	build.Env = append(os.Environ(), "GOWORK=off")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building ../cmd/idemproxy: %w", err)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -161,6 +175,10 @@ func bench(o options) error {
 		{"Fiber", self, []string{"-serve", "fiber", "-redis", redisAddr}},
 		{"idem go-redis", example, []string{"-store", store, "-redis-client", "go-redis", "-replay-cache", cache}},
 		{"idem rueidis", example, []string{"-store", store, "-redis-client", "rueidis", "-replay-cache", cache}},
+		// idemproxy in front of the bare net/http server above (upstreamBare
+		// stands for its URL): the same API with the idempotency in a
+		// separate process, one more HTTP hop.
+		{"idemproxy → bare", proxy, []string{"-upstream", upstreamBare, "-store", store, "-redis-client", "rueidis", "-log-level", "error"}},
 	}
 	if o.noCache {
 		specs = append(specs, struct {
@@ -181,7 +199,13 @@ func bench(o options) error {
 		if err != nil {
 			return err
 		}
-		cmd := exec.Command(s.bin, append([]string{"-addr", addr}, s.args...)...)
+		args := append([]string{"-addr", addr}, s.args...)
+		for i, arg := range args {
+			if arg == upstreamBare {
+				args[i] = targets[0].url // "bare net/http", started first
+			}
+		}
+		cmd := exec.Command(s.bin, args...)
 		cmd.SysProcAttr = childAttr()
 		logf, err := os.Create(filepath.Join(tmp, strings.NewReplacer(" ", "_", "/", "_", ",", "").Replace(s.name)+".log"))
 		if err != nil {
