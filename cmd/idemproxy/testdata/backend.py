@@ -80,7 +80,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send(201, p, extra={"Location": "/payments/" + p["id"]})
 
 
-srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+class Server(ThreadingHTTPServer):
+    # The default backlog of 5 refuses connections under a storm of
+    # hundreds of concurrent requests.
+    request_queue_size = 1024
+
+
+srv = Server(("127.0.0.1", 0), Handler)
 srv.daemon_threads = True
 print("listening on %s:%d" % srv.server_address, flush=True)
 try:
