@@ -55,7 +55,6 @@ type options struct {
 	sizeConns   int
 	out         string
 	redisServer string
-	example     string
 	noCache     bool
 }
 

@@ -190,12 +190,3 @@ func TestSqlstoreBringsNothingElse(t *testing.T) {
 		t.Fatalf("module graph = %v, want only %v", graph, wantGraph)
 	}
 }
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
