@@ -77,7 +77,7 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 		return nil, err
 	}
 	e := &engine{store: store, cfg: cfg}
-	token, rec, err := e.claim(ctx, key, fingerprint)
+	token, rec, since, err := e.claim(ctx, key, fingerprint)
 	if err != nil {
 		e.cfg.report(Event{start: start, Outcome: OutcomeStoreError, Key: key, Err: err})
 		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
@@ -100,7 +100,7 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 		ran    time.Duration
 	)
 	ctx = withInfo(ctx, &requestInfo{key: key})
-	_, stored, err := e.execute(ctx, key, token, new(lease), workFunc(func(ctx context.Context) ([]byte, bool) {
+	_, stored, err := e.execute(ctx, key, token, since, new(lease), workFunc(func(ctx context.Context) ([]byte, bool) {
 		t0 := time.Now()
 		result, fnErr = fn(ctx)
 		ran = time.Since(t0)
@@ -151,11 +151,16 @@ func (f workFunc) run(ctx context.Context) ([]byte, bool) { return f(ctx) }
 // when the caller now owns the key, or the existing record. With WithWait, a
 // record in progress under the same fingerprint is polled until it
 // completes, is released (the caller then owns the key), or the wait ends.
-func (e *engine) claim(ctx context.Context, key, fingerprint string) (string, *Record, error) {
-	token := newToken()
-	rec, err := e.claimOnce(ctx, key, token, fingerprint)
+//
+// since is when the winning claim was sent: the store starts the lease when
+// it executes the claim, which is later, so the owner's view of the lease
+// never outlasts the store's.
+func (e *engine) claim(ctx context.Context, key, fingerprint string) (token string, rec *Record, since time.Time, err error) {
+	token = newToken()
+	since = time.Now()
+	rec, err = e.claimOnce(ctx, key, token, fingerprint)
 	if e.cfg.wait <= 0 || err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
-		return token, rec, err
+		return token, rec, since, err
 	}
 	deadline := time.Now().Add(e.cfg.wait)
 	interval := 10 * time.Millisecond
@@ -165,17 +170,18 @@ func (e *engine) claim(ctx context.Context, key, fingerprint string) (string, *R
 	for {
 		pause := min(interval, rec.LeaseLeft, time.Until(deadline))
 		if pause <= 0 {
-			return token, rec, nil
+			return token, rec, since, nil
 		}
 		timer.Reset(pause)
 		select {
 		case <-ctx.Done():
-			return token, rec, nil
+			return token, rec, since, nil
 		case <-timer.C:
 		}
+		since = time.Now()
 		rec, err = e.claimOnce(ctx, key, token, fingerprint)
 		if err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
-			return token, rec, err
+			return token, rec, since, err
 		}
 		interval = min(2*interval, 250*time.Millisecond)
 	}
@@ -201,13 +207,16 @@ func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) 
 	return rec, err
 }
 
-// execute runs w as the owner of key, renewing the lease l while it runs.
-// A kept result is stored (stored is true); otherwise the key is released.
-// If w panics, the key is released and the panic goes on. The error is
-// ErrLockLost when the lease was lost while w ran, or the store's error
-// from Complete.
-func (e *engine) execute(ctx context.Context, key, token string, l *lease, w work) (result []byte, stored bool, err error) {
-	l.start(e, ctx, key, token)
+// execute runs w as the owner of key, renewing the lease l, which started
+// at since, while it runs. w runs on a child of ctx that is cancelled with
+// cause ErrLockLost when the lease is lost. A kept result is stored (stored
+// is true); otherwise the key is released. If w panics, the key is released
+// and the panic goes on. The error is ErrLockLost when the lease was lost
+// while w ran, or the store's error from Complete.
+func (e *engine) execute(ctx context.Context, key, token string, since time.Time, l *lease, w work) (result []byte, stored bool, err error) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	l.start(e, ctx, key, token, since, cancel)
 	returned := false
 	defer func() {
 		if !returned { // fn panicked: free the key, let the panic go on
@@ -215,7 +224,7 @@ func (e *engine) execute(ctx context.Context, key, token string, l *lease, w wor
 			e.release(ctx, key, token)
 		}
 	}()
-	result, keep := w.run(ctx)
+	result, keep := w.run(wctx)
 	returned = true
 	if lost := l.stop(); lost != nil {
 		return result, false, lost
@@ -254,43 +263,86 @@ func (e *engine) release(ctx context.Context, key, token string) error {
 	return e.store.Release(sctx, key, token)
 }
 
-// lease renews the owner's lock every third of the lock TTL until stopped.
-// It costs a timer and no store call while the work is shorter than that.
+// lease keeps the owner's lock while its work runs. The store counts a
+// lease from when it executes a claim or renewal; the owner counts it from
+// when it sent the call, which is earlier, and gives the lease up a safety
+// margin (a tenth of the lock TTL) before even that count ends, so that
+// the owner stops believing it holds the key before the store can hand the
+// key to anyone else.
+//
+// The first renewal is due a third of the lock TTL after the claim was
+// sent; a handler shorter than that costs a timer and no store call. A
+// renewal that fails is tried again at once, with a short growing pause,
+// each try bounded by the time the lease has left. When no renewal has
+// succeeded by the owner's deadline, or the store answers ErrLockLost, the
+// lease is lost: the work's context is cancelled with cause ErrLockLost and
+// nothing is recorded.
 type lease struct {
 	e          *engine
 	ctx        context.Context
 	key, token string
+	cancel     context.CancelCauseFunc
 
-	mu      sync.Mutex
-	timer   *time.Timer
-	stopped bool
-	lost    error
+	mu       sync.Mutex
+	timer    *time.Timer
+	stopped  bool
+	lost     error
+	deadline time.Time     // the owner holds the key until then
+	pause    time.Duration // before the next try after a failed renewal
+	lastErr  error         // of the last failed renewal
 }
 
-// start arms the first renewal. l must be new.
-func (l *lease) start(e *engine, ctx context.Context, key, token string) {
+// start arms the first renewal of a lease that started at since. l must be
+// new.
+func (l *lease) start(e *engine, ctx context.Context, key, token string, since time.Time, cancel context.CancelCauseFunc) {
 	l.mu.Lock()
-	l.e, l.ctx, l.key, l.token = e, ctx, key, token
-	l.timer = time.AfterFunc(e.cfg.renewEvery, l.renew)
+	l.e, l.ctx, l.key, l.token, l.cancel = e, ctx, key, token, cancel
+	l.deadline = since.Add(e.cfg.lockTTL - e.cfg.leaseMargin)
+	l.timer = time.AfterFunc(time.Until(since.Add(e.cfg.renewEvery)), l.renew)
 	l.mu.Unlock()
 }
 
 func (l *lease) renew() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.stopped {
+	if l.stopped || l.lost != nil {
 		return
 	}
-	sctx := l.e.storeCtx(l.ctx)
-	err := l.e.store.Renew(sctx, l.key, l.token, l.e.cfg.lockTTL)
+	cfg := l.e.cfg
+	sent := time.Now()
+	left := l.deadline.Sub(sent)
+	if left <= 0 {
+		err := ErrLockLost
+		if l.lastErr != nil {
+			err = fmt.Errorf("%w: no renewal succeeded within the lease; the last one failed: %w", ErrLockLost, l.lastErr)
+		}
+		l.lose(err)
+		return
+	}
+	sctx := newCallCtx(l.ctx, min(cfg.storeTimeout, left))
+	err := l.e.store.Renew(sctx, l.key, l.token, cfg.lockTTL)
 	sctx.cancel()
-	if errors.Is(err, ErrLockLost) {
-		l.lost = err
-		return
+	switch {
+	case err == nil:
+		l.deadline = sent.Add(cfg.lockTTL - cfg.leaseMargin)
+		l.pause, l.lastErr = 0, nil
+		l.timer.Reset(time.Until(sent.Add(cfg.renewEvery)))
+	case errors.Is(err, ErrLockLost):
+		l.lose(err)
+	default:
+		// Try again soon, within the lease; the try at the deadline, if it
+		// comes to that, gives the lease up.
+		l.lastErr = err
+		l.pause = min(max(2*l.pause, cfg.renewEvery/16), cfg.renewEvery/2)
+		next := min(l.pause, time.Until(l.deadline))
+		l.timer.Reset(max(next, 0))
 	}
-	// A failed renewal is tried again at the next tick; the lease has two
-	// more ticks before it ends.
-	l.timer.Reset(l.e.cfg.renewEvery)
+}
+
+// lose marks the lease lost and cancels the work. l.mu must be held.
+func (l *lease) lose(err error) {
+	l.lost = err
+	l.cancel(ErrLockLost)
 }
 
 // stop ends the renewals, waiting for one in flight, and reports whether

@@ -118,7 +118,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	q.fp, q.asked = fp, m.cache.clock()
 
-	token, rec, err := m.e.claim(r.Context(), skey, fp)
+	token, rec, since, err := m.e.claim(r.Context(), skey, fp)
 	if err != nil {
 		ev.Outcome, ev.Err = OutcomeStoreError, err
 		if cfg.failOpen {
@@ -136,19 +136,18 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		m.answerExisting(w, rec, fp, ev)
 		return
 	}
-	q.execute(w, r, skey, token, ev)
+	q.execute(w, r, skey, token, since, ev)
 }
 
 // execute runs the handler as the owner of the key, records its response,
 // then sends it.
-func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token string, ev Event) {
+func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token string, since time.Time, ev Event) {
 	m, cfg := q.m, q.m.cfg
-	q.r = r.WithContext(withInfo(r.Context(), &q.info))
-	q.r.Body = &q.body
+	q.r = r
 	q.c = newCapture(w, cfg.maxResponse)
 	defer q.c.free()
 
-	result, stored, err := m.e.execute(r.Context(), skey, token, &q.lease, q)
+	result, stored, err := m.e.execute(withInfo(r.Context(), &q.info), skey, token, since, &q.lease, q)
 	ev.Stored, ev.HandlerDuration = stored, q.ran
 	switch {
 	case err == nil:
@@ -189,8 +188,9 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 	c.send()
 }
 
-// run is the work of the engine: the handler, writing into the capture.
-func (q *request) run(context.Context) ([]byte, bool) {
+// run is the work of the engine: the handler, writing into the capture,
+// on the engine's context (cancelled if the lease is lost).
+func (q *request) run(ctx context.Context) ([]byte, bool) {
 	returned := false
 	defer func() {
 		if !returned && q.c.wroteHeader && !q.c.streaming {
@@ -202,8 +202,10 @@ func (q *request) run(context.Context) ([]byte, bool) {
 			q.c.stream()
 		}
 	}()
+	r := q.r.WithContext(ctx)
+	r.Body = &q.body
 	start := time.Now()
-	q.next.ServeHTTP(q.c, q.r)
+	q.next.ServeHTTP(q.c, r)
 	q.ran = time.Since(start)
 	returned = true
 	if !q.c.wroteHeader && q.r.Context().Err() != nil && !q.info.committed.Load() {

@@ -31,6 +31,7 @@ type config struct {
 	ttl             time.Duration
 	lockTTL         time.Duration
 	storeTimeout    time.Duration
+	storeTimeoutSet bool
 	wait            time.Duration
 	methods         []string
 	header          string
@@ -46,6 +47,7 @@ type config struct {
 	logger          *slog.Logger
 	errs            []error
 	renewEvery      time.Duration
+	leaseMargin     time.Duration
 	lockRetryAfter  int
 	storeRetryAfter int
 	replayCache     cacheLimits
@@ -86,10 +88,22 @@ func build(opts []Option) (*config, error) {
 	if c.ttl < c.lockTTL {
 		c.fail("retention TTL %v is shorter than the lock TTL %v", c.ttl, c.lockTTL)
 	}
+	// A renewal is due every third of the lock TTL. A store call that may
+	// take longer than that could let the lease lapse while the handler
+	// runs, so the store timeout must fit: set explicitly it is refused,
+	// the default one is shortened.
+	if c.storeTimeout > c.lockTTL/3 {
+		if c.storeTimeoutSet {
+			c.fail("store timeout %v is longer than a third of the lock TTL %v: one slow renewal could let the lease lapse while the handler runs", c.storeTimeout, c.lockTTL)
+		} else {
+			c.storeTimeout = c.lockTTL / 3
+		}
+	}
 	if len(c.errs) > 0 {
 		return nil, errors.Join(c.errs...)
 	}
 	c.renewEvery = c.lockTTL / 3
+	c.leaseMargin = c.lockTTL / 10
 	c.lockRetryAfter = ceilSeconds(c.lockTTL)
 	c.storeRetryAfter = 1
 	return &c, nil
@@ -121,19 +135,28 @@ func WithTTL(d time.Duration) Option {
 // DefaultLockTTL, 30s). The lease is renewed every third of it while the
 // handler runs, so a slow handler keeps its key; if the process dies, the key
 // is free again after at most this long. Must be at least 10ms.
+//
+// If no renewal succeeds for nine tenths of it, the owner gives the lease up
+// before the store can: the handler's context is cancelled with cause
+// ErrLockLost (see context.Cause), so that a handler that watches its
+// context stops before a retry can run it again, and the response is not
+// recorded. The store timeout must be at most a third of the lock TTL; the
+// default one (2s) is shortened to that when the lock TTL is below 6s.
 func WithLockTTL(d time.Duration) Option {
 	return func(c *config) { c.lockTTL = d }
 }
 
 // WithStoreTimeout bounds every store call (default DefaultStoreTimeout,
-// 2s). Store calls run on a context detached from the client's, so a client
-// that hangs up never stops a response from being recorded.
+// 2s, or a third of the lock TTL if that is shorter). Store calls run on a
+// context detached from the client's, so a client that hangs up never stops
+// a response from being recorded. It must be at most a third of the lock
+// TTL, so that a slow renewal leaves time to try again within the lease.
 func WithStoreTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if d <= 0 {
 			c.fail("WithStoreTimeout(%v): want a positive duration", d)
 		}
-		c.storeTimeout = d
+		c.storeTimeout, c.storeTimeoutSet = d, true
 	}
 }
 
