@@ -192,11 +192,17 @@ func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) 
 	defer sctx.cancel()
 	rec, err := e.store.Claim(sctx, key, token, fingerprint, e.cfg.lockTTL)
 	if err != nil {
+		if errors.Is(err, ErrCorruptRecord) {
+			return nil, err // the store read a record: the claim did not land
+		}
 		// The claim may have landed although its reply was lost or late.
 		// Free the key again, in the background, so that the caller's retry
 		// does not meet this claim's record until its lease ends.
 		go e.release(ctx, key, token)
 		return nil, err
+	}
+	if rec != nil && rec.State != StateInProgress && rec.State != StateCompleted {
+		return nil, fmt.Errorf("%w: the store returned a record in state %d", ErrCorruptRecord, rec.State)
 	}
 	if rec != nil && rec.State == StateInProgress && rec.Token == token {
 		// A store client that sent the claim again after losing the reply

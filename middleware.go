@@ -121,7 +121,9 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	token, rec, since, err := m.e.claim(r.Context(), skey, fp)
 	if err != nil {
 		ev.Outcome, ev.Err = OutcomeStoreError, err
-		if cfg.failOpen {
+		// A record the store cannot read may stand for a completed
+		// request: it is never a reason to run the handler.
+		if cfg.failOpen && !errors.Is(err, ErrCorruptRecord) {
 			cfg.report(ev)
 			r2 := r.WithContext(withInfo(r.Context(), &q.info))
 			r2.Body = &q.body

@@ -251,7 +251,10 @@ func WithRequiredKey() Option {
 // the store cannot be reached (default: fail closed, answering 503 with
 // Retry-After and not running the handler). Fail-open keeps the API up during
 // a store outage at the price of possible duplicate executions; each such
-// request is reported to the hook as OutcomeStoreError.
+// request is reported to the hook as OutcomeStoreError. A record the store
+// holds but cannot read (ErrCorruptRecord: written by a newer release, or
+// damaged) is not an outage: it is answered 503 with or without fail-open,
+// since it may stand for a completed request.
 func WithFailOpen() Option {
 	return func(c *config) { c.failOpen = true }
 }

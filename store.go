@@ -68,7 +68,11 @@ type Record struct {
 // Errors other than ErrLockLost mean the store could not answer (it is down,
 // timed out, or returned something it could not read); callers treat them as
 // "unknown" and never as "absent". Implementations wrap backend errors with
-// their package name and %w.
+// their package name and %w. A record that exists but that the store cannot
+// read (an unknown format version or state, written by a newer release) is
+// reported by Claim as an error wrapping ErrCorruptRecord: callers never run
+// the work over it, not even with WithFailOpen, since it may stand for a
+// completed request.
 type Store interface {
 	// Claim atomically takes key for the caller: if no live record exists,
 	// it stores a new in-progress record holding token and fingerprint whose
