@@ -156,7 +156,7 @@ func benchHeldKey(b *testing.B, holderFP func(*benchReq) string) {
 	st, mem := newCountingStore(b)
 	h := idem.New(st)(okHandler)
 	req := newBenchReq("POST", "k")
-	if _, err := mem.Claim(context.Background(), "|k", "holder", holderFP(req), time.Hour); err != nil {
+	if _, err := mem.Claim(context.Background(), idem.StoreKey("", "k"), "holder", holderFP(req), time.Hour); err != nil {
 		b.Fatal(err)
 	}
 	benchServe(b, h, req)

@@ -73,7 +73,10 @@ type Event struct {
 	// Key is the client's idempotency key (empty when it was missing or
 	// malformed).
 	Key string
-	// Scope is the scope the key was stored under.
+	// Scope is the scope the key was stored under, as WithScope returned
+	// it. It may be derived from a credential: do not log it or send it
+	// anywhere in clear (WithLogger logs the first 16 hex digits of its
+	// SHA-256 as scope_digest instead).
 	Scope string
 	// Status is the status code sent to the client; 0 when the middleware
 	// sent nothing itself (fail-open runs, and Do).
@@ -146,7 +149,9 @@ func (c *config) report(ev Event) {
 		slog.String("key", ev.Key),
 	}
 	if ev.Scope != "" {
-		attrs = append(attrs, slog.String("scope", ev.Scope))
+		// The scope may be a credential: only a short digest is logged (the
+		// start of the digest in the stored key).
+		attrs = append(attrs, slog.String("scope_digest", scopeDigest(ev.Scope)[:16]))
 	}
 	if ev.Status != 0 {
 		attrs = append(attrs, slog.Int("status", ev.Status))

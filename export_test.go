@@ -9,3 +9,6 @@ func SetReplayCacheClock(m *Middleware, now func() time.Time) { m.cache.now = no
 // ReplayCacheStats returns the number of entries in the replay cache of m
 // and the bytes they count for.
 func ReplayCacheStats(m *Middleware) (entries int, bytes int64) { return m.cache.stats() }
+
+// StoredKeyForTest names the store key of an HTTP request's key under scope.
+func StoredKeyForTest(scope, key string) string { return scopedKey(scope, key) }

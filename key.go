@@ -1,6 +1,10 @@
 package idem
 
-import "strings"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+)
 
 // keyError says why an Idempotency-Key header was refused. Its text is
 // meant for clients: it goes into the problem response's detail.
@@ -114,12 +118,30 @@ func parseSFString(v string) (string, error) {
 	return "", errKeyMalformed
 }
 
-// scopedKey joins scope and key into the store key. The scope is escaped so
-// that the first '|' always separates the two: scope "a|b" with key "c"
-// and scope "a" with key "b|c" never meet.
+// scopedKey names the record of an HTTP request's key in the store: the
+// digest of its scope (see scopeDigest), '|', then the key as the client
+// sent it. The digest has a fixed length and holds no '|', so the first '|'
+// always separates the two and no two scope/key pairs meet; and a scope
+// taken from a credential (an Authorization header) is never stored, so a
+// key dump, MONITOR or backup of the store does not yield it.
 func scopedKey(scope, key string) string {
-	if strings.ContainsAny(scope, "%|") {
-		scope = strings.NewReplacer("%", "%25", "|", "%7C").Replace(scope)
+	return scopeDigest(scope) + "|" + key
+}
+
+// unscopedDigest is scopeDigest(""), the digest of every request of a
+// middleware without WithScope.
+var unscopedDigest = digestScope("")
+
+// scopeDigest returns the first 16 bytes of the SHA-256 of scope, in 32
+// lowercase hex digits.
+func scopeDigest(scope string) string {
+	if scope == "" {
+		return unscopedDigest
 	}
-	return scope + "|" + key
+	return digestScope(scope)
+}
+
+func digestScope(scope string) string {
+	sum := sha256.Sum256([]byte(scope))
+	return hex.EncodeToString(sum[:16])
 }

@@ -379,7 +379,7 @@ func TestRule4_3_ConflictRetryAfter(t *testing.T) {
 	h := &payments{}
 	mw := idem.New(st, idem.WithLockTTL(10*time.Second))(h)
 	// An owner elsewhere holds the key with 10s on its lease.
-	if rec, err := mem.Claim(context.Background(), "|k", "other", idem.Fingerprint(httptest.NewRequest("POST", "/", nil), nil), 10*time.Second); err != nil || rec != nil {
+	if rec, err := mem.Claim(context.Background(), idem.StoreKey("", "k"), "other", idem.Fingerprint(httptest.NewRequest("POST", "/", nil), nil), 10*time.Second); err != nil || rec != nil {
 		t.Fatal(rec, err)
 	}
 	for _, tc := range []struct {
@@ -495,7 +495,7 @@ func TestRule4_5_RecordedBeforeSent(t *testing.T) {
 	st, mem := newCountingStore(t)
 	mw := idem.New(st)(&payments{})
 	w := &checkingWriter{ResponseRecorder: httptest.NewRecorder(), check: func() {
-		rec, err := mem.Claim(context.Background(), "|k", "probe", "x", time.Second)
+		rec, err := mem.Claim(context.Background(), idem.StoreKey("", "k"), "probe", "x", time.Second)
 		if err != nil || rec == nil || rec.State != idem.StateCompleted {
 			panic("response sent before the record was completed")
 		}
@@ -616,7 +616,7 @@ func TestRule4_6_DeadOwnerLeaseExpires(t *testing.T) {
 	h := &payments{}
 	mw := idem.New(st, idem.WithLockTTL(30*time.Second))(h)
 	fp := idem.Fingerprint(httptest.NewRequest("POST", "/", nil), nil)
-	if _, err := mem.Claim(context.Background(), "|k", "dead-owner", fp, 30*time.Second); err != nil {
+	if _, err := mem.Claim(context.Background(), idem.StoreKey("", "k"), "dead-owner", fp, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(29 * time.Second)
@@ -625,7 +625,7 @@ func TestRule4_6_DeadOwnerLeaseExpires(t *testing.T) {
 	if w := do(mw, "POST", "/", "k", ""); w.Code != 201 || h.runs.Load() != 1 {
 		t.Fatalf("after the lease: %d, runs %d; want 201 and 1", w.Code, h.runs.Load())
 	}
-	if err := mem.Complete(context.Background(), "|k", "dead-owner", []byte("stale"), time.Hour); !errors.Is(err, idem.ErrLockLost) {
+	if err := mem.Complete(context.Background(), idem.StoreKey("", "k"), "dead-owner", []byte("stale"), time.Hour); !errors.Is(err, idem.ErrLockLost) {
 		t.Fatalf("dead owner's Complete: %v, want ErrLockLost", err)
 	}
 }

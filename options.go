@@ -261,8 +261,11 @@ func WithFailOpen() Option {
 
 // WithScope sets the function that names the principal a request acts for,
 // such as an account ID from authentication (default: one scope for all).
-// The scope is part of the stored key, so two principals sending the same
-// key never see each other's records.
+// The scope's digest is part of the stored key, so two principals sending
+// the same key never see each other's records. The scope itself is neither
+// stored nor logged (only a SHA-256 digest of it), so it may be derived from
+// a credential; still, prefer a stable principal ID to a raw token, whose
+// rotation would start a new scope.
 func WithScope(f func(r *http.Request) string) Option {
 	return func(c *config) {
 		if f == nil {
@@ -313,6 +316,8 @@ func WithHook(f func(Event)) Option {
 // locks are logged, through slog.Default(), so that a store that fails is
 // never silent; to drop them too, pass a logger whose handler discards
 // them.
+// A scope is never logged, only the first 16 hex digits of its SHA-256
+// (scope_digest).
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) { c.logger = l }
 }

@@ -246,7 +246,7 @@ func TestWriteAfterNoContentNotStored(t *testing.T) {
 		if !errors.Is(writeErr, http.ErrBodyNotAllowed) {
 			t.Fatalf("%d: Write returned %v, want http.ErrBodyNotAllowed", status, writeErr)
 		}
-		rec, err := st.Claim(context.Background(), "|k", "probe", "x", 1)
+		rec, err := st.Claim(context.Background(), idem.StoreKey("", "k"), "probe", "x", 1)
 		if err != nil || rec == nil {
 			t.Fatalf("%d: no record (%v)", status, err)
 		}

@@ -2,7 +2,11 @@ package redisstore_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +81,43 @@ func TestKeyLayout(t *testing.T) {
 	}
 	if m.Exists("idem:other") {
 		t.Fatal("Release left the key in Redis")
+	}
+}
+
+// The key the middleware stores for a request: the prefix, 32 hex digits of
+// the SHA-256 of the scope, '|', the client's key. The scope, here a bearer
+// token, appears nowhere in Redis: not in a key, not in a field.
+func TestMiddlewareKeyLayout(t *testing.T) {
+	m, c := newMini(t)
+	const auth = "Bearer sk_live_TOPSECRET"
+	mw := idem.New(redisstore.New(c),
+		idem.WithScope(func(r *http.Request) string { return r.Header.Get("Authorization") }),
+	)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(201) }))
+	for _, scoped := range []bool{true, false} {
+		r := httptest.NewRequest("POST", "/payments", strings.NewReader("{}"))
+		r.Header.Set("Idempotency-Key", "order-42")
+		if scoped {
+			r.Header.Set("Authorization", auth)
+		}
+		w := httptest.NewRecorder()
+		mw.ServeHTTP(w, r)
+		if w.Code != 201 {
+			t.Fatalf("status %d", w.Code)
+		}
+	}
+	digest := func(scope string) string {
+		sum := sha256.Sum256([]byte(scope))
+		return hex.EncodeToString(sum[:16])
+	}
+	for _, want := range []string{"idem:" + digest(auth) + "|order-42", "idem:" + digest("") + "|order-42"} {
+		if !m.Exists(want) {
+			t.Fatalf("Redis keys %q lack %q", m.Keys(), want)
+		}
+	}
+	for _, k := range m.Keys() {
+		if strings.Contains(k, "TOPSECRET") || strings.Contains(hashOrString(t, m, k), "TOPSECRET") {
+			t.Fatalf("the scope is stored in clear in %q", k)
+		}
 	}
 }
 
