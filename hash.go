@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"hash"
 	"io"
 	"net/http"
@@ -42,9 +43,13 @@ func FingerprintHeaders(names ...string) FingerprintFunc {
 // CanonicalJSON returns a FingerprintFunc that fingerprints a JSON body by
 // its meaning rather than its bytes: object keys are sorted and whitespace
 // between tokens is dropped, so {"a":1, "b":2} and {"b":2,"a":1} are the
-// same request. Numbers and strings are compared as written (1 and 1.0
-// differ). A body that is not valid JSON, or not valid UTF-8, is
-// fingerprinted byte for byte.
+// same request. Numbers are compared as written (1 and 1.0 differ); strings
+// by the text they stand for ("\u0078" and "x" are the same). A body that is
+// not valid JSON or not valid UTF-8, or that a JSON decoder would read as
+// another body's meaning, is fingerprinted byte for byte: an object with a
+// duplicate key ({"amount":1,"amount":1000} is not {"amount":1000}) and a
+// string with an unpaired surrogate escape ("\ud800" is not "\ufffd").
+// Distinct bodies thus never share a fingerprint.
 // The named headers are covered as in FingerprintHeaders.
 //
 // CanonicalJSON decodes every keyed body with encoding/json, which costs
@@ -120,15 +125,22 @@ func appendField(b []byte, s string) []byte {
 }
 
 // canonicalizeJSON returns body in canonical form, or false when body is
-// not a single valid JSON value.
+// not a single valid JSON value, or holds what a decoder would merge with
+// another body: a duplicate key in an object ({"a":1,"a":2} decodes as
+// {"a":2}), or an escaped lone surrogate ("\ud800" decodes as "\ufffd").
+// Canonical forms never hold either, so such a body, fingerprinted byte for
+// byte, can never share a fingerprint with a canonical one.
 func canonicalizeJSON(body []byte) ([]byte, bool) {
 	if !utf8.Valid(body) {
 		return nil, false // decoding would replace invalid bytes, merging bodies
 	}
+	if hasLoneSurrogate(body) {
+		return nil, false
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
+	v, err := decodeStrict(dec)
+	if err != nil {
 		return nil, false
 	}
 	if _, err := dec.Token(); err != io.EOF {
@@ -138,6 +150,105 @@ func canonicalizeJSON(body []byte) ([]byte, bool) {
 	out.Grow(len(body))
 	writeCanonical(&out, v)
 	return out.Bytes(), true
+}
+
+var errDuplicateKey = errors.New("duplicate object key")
+
+// decodeStrict decodes the next JSON value from dec as Decode into an any
+// would, but refuses an object that names a key twice.
+func decodeStrict(dec *json.Decoder) (any, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	switch tok {
+	case json.Delim('{'):
+		obj := make(map[string]any)
+		for dec.More() {
+			k, err := dec.Token()
+			if err != nil {
+				return nil, err
+			}
+			key, _ := k.(string) // the decoder returns only strings here
+			if _, dup := obj[key]; dup {
+				return nil, errDuplicateKey
+			}
+			if obj[key], err = decodeStrict(dec); err != nil {
+				return nil, err
+			}
+		}
+		_, err := dec.Token() // '}'
+		return obj, err
+	case json.Delim('['):
+		arr := []any{}
+		for dec.More() {
+			v, err := decodeStrict(dec)
+			if err != nil {
+				return nil, err
+			}
+			arr = append(arr, v)
+		}
+		_, err := dec.Token() // ']'
+		return arr, err
+	}
+	return tok, nil
+}
+
+// hasLoneSurrogate reports whether a \u escape in body names a UTF-16
+// surrogate that is not half of a high-low pair. In valid JSON a backslash
+// occurs only inside strings, so scanning escapes is enough.
+func hasLoneSurrogate(body []byte) bool {
+	for i := bytes.IndexByte(body, '\\'); i >= 0 && i+1 < len(body); {
+		if body[i+1] != 'u' {
+			i += 2 // \", \\, \n ...: the escaped byte is not a backslash
+		} else {
+			r, ok := escapedUnit(body, i)
+			if !ok {
+				return false // not valid JSON: fingerprinted byte for byte anyway
+			}
+			switch {
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return true // low half first
+			case r >= 0xD800 && r <= 0xDBFF:
+				low, ok := escapedUnit(body, i+6)
+				if !ok || low < 0xDC00 || low > 0xDFFF {
+					return true
+				}
+				i += 12
+			default:
+				i += 6
+			}
+		}
+		j := bytes.IndexByte(body[min(i, len(body)):], '\\')
+		if j < 0 {
+			return false
+		}
+		i += j
+	}
+	return false
+}
+
+// escapedUnit reads the \uXXXX escape at body[i:].
+func escapedUnit(body []byte, i int) (rune, bool) {
+	if i+6 > len(body) || body[i] != '\\' || body[i+1] != 'u' {
+		return 0, false
+	}
+	var r rune
+	for _, c := range body[i+2 : i+6] {
+		var d byte
+		switch {
+		case c >= '0' && c <= '9':
+			d = c - '0'
+		case c >= 'a' && c <= 'f':
+			d = c - 'a' + 10
+		case c >= 'A' && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		r = r<<4 | rune(d)
+	}
+	return r, true
 }
 
 func writeCanonical(out *bytes.Buffer, v any) {

@@ -68,3 +68,43 @@ func TestCanonicalJSON(t *testing.T) {
 		t.Error("a non-JSON body is not fingerprinted byte for byte")
 	}
 }
+
+// Bodies that mean different things never share a CanonicalJSON
+// fingerprint: a duplicate object key (which a decoder would merge, keeping
+// the last) and a lone surrogate escape (which a decoder would turn into
+// U+FFFD) make a body non-canonicalisable, and it is fingerprinted byte for
+// byte.
+func TestCanonicalJSONKeepsDistinctBodiesApart(t *testing.T) {
+	f := idem.CanonicalJSON()
+	r := httptest.NewRequest("POST", "/", nil)
+	for _, pair := range [][2]string{
+		{`{"amount":1,"amount":1000}`, `{"amount":1000}`},
+		{`{"amount":1000,"amount":1}`, `{"amount":1}`},
+		{`{"a":{"x":1,"x":2}}`, `{"a":{"x":2}}`},
+		{`[{"k":1,"k":1}]`, `[{"k":1}]`},
+		{`{"a":1,"\u0061":2}`, `{"a":2}`},
+		{`{"s":"\ud800"}`, `{"s":"\ufffd"}`},
+		{`{"s":"\ud800"}`, `{"s":"` + "\uFFFD" + `"}`},
+		{`{"s":"\udc00x"}`, `{"s":"\ufffdx"}`},
+		{`{"s":"\ud800\u0041"}`, `{"s":"\ufffdA"}`},
+		{`["\ud800","\udbff"]`, `["\ufffd","\ufffd"]`},
+	} {
+		if f(r, []byte(pair[0])) == f(r, []byte(pair[1])) {
+			t.Errorf("%s and %s share a fingerprint", pair[0], pair[1])
+		}
+		if f(r, []byte(pair[0])) != idem.Fingerprint(r, []byte(pair[0])) {
+			t.Errorf("%s is not fingerprinted byte for byte", pair[0])
+		}
+	}
+	// A valid surrogate pair and an escaped backslash before "ud800" are
+	// still canonical.
+	for _, pair := range [][2]string{
+		{`{"s":"\ud83d\ude00"}`, `{"s":"😀"}`},
+		{`{"s":"\\ud800", "t":1}`, `{"t":1,"s":"\\ud800"}`},
+		{`{"a":{"x":1},"b":{"x":2}}`, `{"b":{"x":2},"a":{"x":1}}`},
+	} {
+		if f(r, []byte(pair[0])) != f(r, []byte(pair[1])) {
+			t.Errorf("%s and %s differ", pair[0], pair[1])
+		}
+	}
+}
