@@ -45,6 +45,21 @@ const (
 	// the handler again. A handler that has done its side effect by then
 	// calls MarkCommitted, and its empty 200 is recorded instead.
 	OutcomeCancelled
+	// OutcomeRenewFailed: a renewal of the lease failed (Err holds the
+	// store's error) while the handler ran. It is tried again at once
+	// within the lease; if none succeeds, OutcomeLockLost follows. Reported
+	// from the lease's own goroutine, with no Request.
+	OutcomeRenewFailed
+	// OutcomeReleaseFailed: a key could not be released (Err says why): the
+	// store failed, or, during an outage, too many releases of failed claims
+	// were already in flight. The key stays locked until its lease ends, and
+	// duplicates get 409 until then. Reported in addition to the request's
+	// own outcome; a release after a failed claim runs in the background and
+	// is reported with no Request.
+	OutcomeReleaseFailed
+	// OutcomePanic: the handler (or Do's work) panicked. The key was
+	// released and the panic goes on; Err describes the panic value.
+	OutcomePanic
 )
 
 var outcomeNames = [...]string{
@@ -57,6 +72,9 @@ var outcomeNames = [...]string{
 	OutcomeStoreError:    "store_error",
 	OutcomeLockLost:      "lock_lost",
 	OutcomeCancelled:     "cancelled",
+	OutcomeRenewFailed:   "renew_failed",
+	OutcomeReleaseFailed: "release_failed",
+	OutcomePanic:         "panic",
 }
 
 // String returns the outcome's snake_case name, as logged.
@@ -84,8 +102,9 @@ type Event struct {
 	// Stored reports, for OutcomeExecuted, whether the response was kept
 	// for replay.
 	Stored bool
-	// Err is the store's error for OutcomeStoreError and OutcomeLockLost.
-	// It is never sent to the client.
+	// Err is the store's error for OutcomeStoreError, OutcomeLockLost,
+	// OutcomeRenewFailed and OutcomeReleaseFailed, and describes the panic
+	// for OutcomePanic. It is never sent to the client.
 	Err error
 	// Request is the request, or nil for Do.
 	Request *http.Request
@@ -125,7 +144,9 @@ func (c *config) report(ev Event) {
 	switch ev.Outcome {
 	case OutcomeConflict, OutcomeMismatch, OutcomeRejected, OutcomeNotReplayable, OutcomeCancelled:
 		level = slog.LevelInfo
-	case OutcomeStoreError, OutcomeLockLost:
+	case OutcomeRenewFailed, OutcomeReleaseFailed:
+		level = slog.LevelWarn
+	case OutcomeStoreError, OutcomeLockLost, OutcomePanic:
 		level = slog.LevelError
 	}
 	logger := c.logger

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -76,8 +77,9 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 	if err != nil {
 		return nil, err
 	}
-	e := &engine{store: store, cfg: cfg}
-	token, rec, since, err := e.claim(ctx, key, fingerprint)
+	e := &engine{store: store, cfg: cfg, bg: doReleases}
+	base := Event{Key: key}
+	token, rec, since, err := e.claim(ctx, key, fingerprint, base)
 	if err != nil {
 		e.cfg.report(Event{start: start, Outcome: OutcomeStoreError, Key: key, Err: err})
 		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
@@ -100,7 +102,7 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 		ran    time.Duration
 	)
 	ctx = withInfo(ctx, &requestInfo{key: key})
-	_, stored, err := e.execute(ctx, key, token, since, new(lease), workFunc(func(ctx context.Context) ([]byte, bool) {
+	_, stored, err := e.execute(ctx, key, token, since, new(lease), base, workFunc(func(ctx context.Context) ([]byte, bool) {
 		t0 := time.Now()
 		result, fnErr = fn(ctx)
 		ran = time.Since(t0)
@@ -128,7 +130,24 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 type engine struct {
 	store Store
 	cfg   *config
+	// bg bounds the releases of failed claims running in the background.
+	bg chan struct{}
 }
+
+// maxBackgroundReleases bounds the releases of failed claims that one
+// middleware (or all calls of Do) runs in the background at once. Each
+// lasts at most the store timeout; during an outage, releases beyond the
+// bound are skipped and reported.
+const maxBackgroundReleases = 64
+
+func newBackgroundSlots() chan struct{} { return make(chan struct{}, maxBackgroundReleases) }
+
+// doReleases bounds the background releases of all calls of Do.
+var doReleases = newBackgroundSlots()
+
+// errReleaseSkipped is the Err of an OutcomeReleaseFailed event whose
+// release was not even tried.
+var errReleaseSkipped = errors.New("idem: release of a failed claim skipped: too many releases in flight; the key stays locked until its lease ends")
 
 // storeCtx returns the context of one store call: ctx's values without its
 // cancellation, bounded by the store timeout. The caller calls its cancel
@@ -155,10 +174,10 @@ func (f workFunc) run(ctx context.Context) ([]byte, bool) { return f(ctx) }
 // since is when the winning claim was sent: the store starts the lease when
 // it executes the claim, which is later, so the owner's view of the lease
 // never outlasts the store's.
-func (e *engine) claim(ctx context.Context, key, fingerprint string) (token string, rec *Record, since time.Time, err error) {
+func (e *engine) claim(ctx context.Context, key, fingerprint string, ev Event) (token string, rec *Record, since time.Time, err error) {
 	token = newToken()
 	since = time.Now()
-	rec, err = e.claimOnce(ctx, key, token, fingerprint)
+	rec, err = e.claimOnce(ctx, key, token, fingerprint, ev)
 	if e.cfg.wait <= 0 || err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
 		return token, rec, since, err
 	}
@@ -179,7 +198,7 @@ func (e *engine) claim(ctx context.Context, key, fingerprint string) (token stri
 		case <-timer.C:
 		}
 		since = time.Now()
-		rec, err = e.claimOnce(ctx, key, token, fingerprint)
+		rec, err = e.claimOnce(ctx, key, token, fingerprint, ev)
 		if err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
 			return token, rec, since, err
 		}
@@ -187,7 +206,7 @@ func (e *engine) claim(ctx context.Context, key, fingerprint string) (token stri
 	}
 }
 
-func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) (*Record, error) {
+func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string, ev Event) (*Record, error) {
 	sctx := e.storeCtx(ctx)
 	defer sctx.cancel()
 	rec, err := e.store.Claim(sctx, key, token, fingerprint, e.cfg.lockTTL)
@@ -198,7 +217,7 @@ func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) 
 		// The claim may have landed although its reply was lost or late.
 		// Free the key again, in the background, so that the caller's retry
 		// does not meet this claim's record until its lease ends.
-		go e.release(ctx, key, token)
+		e.releaseInBackground(ctx, key, token, ev)
 		return nil, err
 	}
 	if rec != nil && rec.State != StateInProgress && rec.State != StateCompleted {
@@ -219,16 +238,27 @@ func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string) 
 // is true); otherwise the key is released. If w panics, the key is released
 // and the panic goes on. The error is ErrLockLost when the lease was lost
 // while w ran, or the store's error from Complete.
-func (e *engine) execute(ctx context.Context, key, token string, since time.Time, l *lease, w work) (result []byte, stored bool, err error) {
+func (e *engine) execute(ctx context.Context, key, token string, since time.Time, l *lease, ev Event, w work) (result []byte, stored bool, err error) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	l.start(e, ctx, key, token, since, cancel)
+	l.start(e, ctx, key, token, since, cancel, ev)
 	returned := false
 	defer func() {
-		if !returned { // fn panicked: free the key, let the panic go on
-			l.stop()
-			e.release(ctx, key, token)
+		if returned {
+			return
 		}
+		// The work panicked: free the key, report, and let the panic go on.
+		// Re-panicking from this deferred call keeps the frames of the
+		// original panic on the stack for whoever recovers it.
+		r := recover()
+		l.stop()
+		e.releaseReported(ctx, key, token, ev)
+		if r == nil {
+			return // runtime.Goexit (panic(nil) carries a *runtime.PanicNilError)
+		}
+		ev.Outcome, ev.Err = OutcomePanic, panicError(r)
+		e.cfg.report(ev)
+		panic(r)
 	}()
 	result, keep := w.run(wctx)
 	returned = true
@@ -236,9 +266,7 @@ func (e *engine) execute(ctx context.Context, key, token string, since time.Time
 		return result, false, lost
 	}
 	if !keep {
-		if err := e.release(ctx, key, token); err != nil && e.cfg.logger != nil {
-			e.cfg.logger.Warn("idempotency: release failed; the key stays locked until its lease ends", "key", key, "error", err.Error())
-		}
+		e.releaseReported(ctx, key, token, ev)
 		return result, false, nil
 	}
 	return result, true, e.complete(ctx, key, token, result)
@@ -269,6 +297,46 @@ func (e *engine) release(ctx context.Context, key, token string) error {
 	return e.store.Release(sctx, key, token)
 }
 
+// releaseReported releases the key of an owner, reporting a failure: the
+// key then stays locked until its lease ends.
+func (e *engine) releaseReported(ctx context.Context, key, token string, ev Event) {
+	if err := e.release(ctx, key, token); err != nil {
+		ev.Outcome, ev.Err = OutcomeReleaseFailed, err
+		e.cfg.report(ev)
+	}
+}
+
+// releaseInBackground releases a claim that failed but may have landed,
+// without holding up the caller, unless too many such releases are in
+// flight already. A claim that did not land is not the caller's to release
+// (ErrLockLost): that is the usual outcome, not a failure.
+func (e *engine) releaseInBackground(ctx context.Context, key, token string, ev Event) {
+	ev.Request = nil // the request is over by the time this is reported
+	select {
+	case e.bg <- struct{}{}:
+	default:
+		ev.Outcome, ev.Err = OutcomeReleaseFailed, errReleaseSkipped
+		e.cfg.report(ev)
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer func() { <-e.bg }()
+		if err := e.release(ctx, key, token); err != nil && !errors.Is(err, ErrLockLost) {
+			ev.Outcome, ev.Err = OutcomeReleaseFailed, err
+			e.cfg.report(ev)
+		}
+	}()
+}
+
+// panicError describes the value a panic carried.
+func panicError(r any) error {
+	if err, ok := r.(error); ok {
+		return fmt.Errorf("idem: the work panicked: %w", err)
+	}
+	return fmt.Errorf("idem: the work panicked: %v", r)
+}
+
 // lease keeps the owner's lock while its work runs. The store counts a
 // lease from when it executes a claim or renewal; the owner counts it from
 // when it sent the call, which is earlier, and gives the lease up a safety
@@ -288,6 +356,7 @@ type lease struct {
 	ctx        context.Context
 	key, token string
 	cancel     context.CancelCauseFunc
+	ev         Event // reports failed renewals
 
 	mu       sync.Mutex
 	timer    *time.Timer
@@ -300,19 +369,30 @@ type lease struct {
 
 // start arms the first renewal of a lease that started at since. l must be
 // new.
-func (l *lease) start(e *engine, ctx context.Context, key, token string, since time.Time, cancel context.CancelCauseFunc) {
+func (l *lease) start(e *engine, ctx context.Context, key, token string, since time.Time, cancel context.CancelCauseFunc, ev Event) {
+	ev.Request = nil // reported from another goroutine while the handler runs
 	l.mu.Lock()
-	l.e, l.ctx, l.key, l.token, l.cancel = e, ctx, key, token, cancel
+	l.e, l.ctx, l.key, l.token, l.cancel, l.ev = e, ctx, key, token, cancel, ev
 	l.deadline = since.Add(e.cfg.lockTTL - e.cfg.leaseMargin)
 	l.timer = time.AfterFunc(time.Until(since.Add(e.cfg.renewEvery)), l.renew)
 	l.mu.Unlock()
 }
 
 func (l *lease) renew() {
+	if err := l.renewOnce(); err != nil {
+		ev := l.ev
+		ev.Outcome, ev.Err = OutcomeRenewFailed, err
+		l.e.cfg.report(ev)
+	}
+}
+
+// renewOnce tries one renewal, or gives the lease up at its deadline. It
+// returns the error of a renewal that failed and will be tried again.
+func (l *lease) renewOnce() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped || l.lost != nil {
-		return
+		return nil
 	}
 	cfg := l.e.cfg
 	sent := time.Now()
@@ -323,7 +403,7 @@ func (l *lease) renew() {
 			err = fmt.Errorf("%w: no renewal succeeded within the lease; the last one failed: %w", ErrLockLost, l.lastErr)
 		}
 		l.lose(err)
-		return
+		return nil
 	}
 	sctx := newCallCtx(l.ctx, min(cfg.storeTimeout, left))
 	err := l.e.store.Renew(sctx, l.key, l.token, cfg.lockTTL)
@@ -342,7 +422,9 @@ func (l *lease) renew() {
 		l.pause = min(max(2*l.pause, cfg.renewEvery/16), cfg.renewEvery/2)
 		next := min(l.pause, time.Until(l.deadline))
 		l.timer.Reset(max(next, 0))
+		return err
 	}
+	return nil
 }
 
 // lose marks the lease lost and cancels the work. l.mu must be held.
@@ -362,13 +444,30 @@ func (l *lease) stop() error {
 }
 
 var (
-	tokenPrefix = func() string {
-		var b [12]byte
-		rand.Read(b[:])
-		return hex.EncodeToString(b[:]) + "-"
-	}()
-	tokenSeq atomic.Uint64
+	// tokenPrefix makes owner tokens unique across processes. Without
+	// randomness two processes could share it, and a stale owner could then
+	// complete or release a newer owner's record: a program that cannot
+	// read crypto/rand stops at start-up rather than run without fencing.
+	tokenPrefix = mustTokenPrefix()
+	tokenSeq    atomic.Uint64
 )
+
+func mustTokenPrefix() string {
+	p, err := newTokenPrefix(rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// newTokenPrefix reads 12 random bytes from r into a token prefix.
+func newTokenPrefix(r io.Reader) (string, error) {
+	var b [12]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return "", fmt.Errorf("idem: cannot make owner tokens unique: reading random bytes: %w", err)
+	}
+	return hex.EncodeToString(b[:]) + "-", nil
+}
 
 // newToken returns an owner token unique across processes: a random
 // per-process prefix and a counter.

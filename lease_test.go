@@ -135,12 +135,12 @@ func TestFailedRenewalRetriedWithinLease(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Work through several lock TTLs' worth of renewals.
 		deadline := time.Now().Add(10 * time.Second)
-		for st.renews.Load() < 8 && r.Context().Err() == nil && time.Now().Before(deadline) {
+		for st.renews.Load() < 5 && r.Context().Err() == nil && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond)
 		}
 		w.WriteHeader(http.StatusCreated)
 	})
-	mw := idem.New(st, idem.WithLockTTL(300*time.Millisecond), idem.WithHook(ev.hook))(h)
+	mw := idem.New(st, idem.WithLockTTL(1500*time.Millisecond), idem.WithHook(ev.hook))(h)
 	if w := do(mw, "POST", "/", "k", ""); w.Code != http.StatusCreated {
 		t.Fatalf("owner with two failed renewals got %d: %s", w.Code, w.Body)
 	}
@@ -185,5 +185,32 @@ func TestStoreTimeoutFitsLease(t *testing.T) {
 	defer st.mu.Unlock()
 	if len(st.left) != 1 || st.left[0] > time.Second {
 		t.Fatalf("claim deadlines %v, want one of at most 1s (a third of the lock TTL)", st.left)
+	}
+}
+
+// Each failed renewal reaches the hook with the store's error.
+func TestFailedRenewalReported(t *testing.T) {
+	base, _ := newCountingStore(t)
+	st := &flakyRenewStore{countingStore: base}
+	st.fail.Store(2)
+	var ev events
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		deadline := time.Now().Add(10 * time.Second)
+		for st.renews.Load() < 3 && r.Context().Err() == nil && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		w.WriteHeader(http.StatusCreated)
+	})
+	do(idem.New(st, idem.WithLockTTL(1500*time.Millisecond), idem.WithHook(ev.hook))(h), "POST", "/", "k", "")
+	var failed []idem.Event
+	ev.mu.Lock()
+	for _, e := range ev.evs {
+		if e.Outcome == idem.OutcomeRenewFailed {
+			failed = append(failed, e)
+		}
+	}
+	ev.mu.Unlock()
+	if len(failed) != 2 || failed[0].Err == nil || failed[0].Key != "k" {
+		t.Fatalf("renew_failed events %+v, want 2 with the key and the store's error", failed)
 	}
 }

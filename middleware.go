@@ -44,7 +44,7 @@ func NewMiddleware(store Store, opts ...Option) (*Middleware, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Middleware{e: engine{store: store, cfg: cfg}, cfg: cfg, cache: newReplayCache(cfg.replayCache)}, nil
+	return &Middleware{e: engine{store: store, cfg: cfg, bg: newBackgroundSlots()}, cfg: cfg, cache: newReplayCache(cfg.replayCache)}, nil
 }
 
 // Handler wraps next. Requests whose method is protected (WithMethods) and
@@ -118,7 +118,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 	q.fp, q.asked = fp, m.cache.clock()
 
-	token, rec, since, err := m.e.claim(r.Context(), skey, fp)
+	token, rec, since, err := m.e.claim(r.Context(), skey, fp, ev)
 	if err != nil {
 		ev.Outcome, ev.Err = OutcomeStoreError, err
 		// A record the store cannot read may stand for a completed
@@ -149,7 +149,7 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 	q.c = newCapture(w, cfg.maxResponse)
 	defer q.c.free()
 
-	result, stored, err := m.e.execute(withInfo(r.Context(), &q.info), skey, token, since, &q.lease, q)
+	result, stored, err := m.e.execute(withInfo(r.Context(), &q.info), skey, token, since, &q.lease, ev, q)
 	ev.Stored, ev.HandlerDuration = stored, q.ran
 	switch {
 	case err == nil:

@@ -581,12 +581,12 @@ func TestRule4_6_LeaseRenewal(t *testing.T) {
 		<-release
 		w.WriteHeader(201)
 	})
-	mw := idem.New(st, idem.WithLockTTL(150*time.Millisecond))(h)
+	mw := idem.New(st, idem.WithLockTTL(600*time.Millisecond))(h)
 	first := make(chan *httptest.ResponseRecorder)
 	go func() { first <- do(mw, "POST", "/", "k", "") }()
 	<-started
-	// Wait for three lock TTLs' worth of renewals (one every 50ms).
-	waitFor(t, "9 renewals", func() bool { return st.renews.Load() >= 9 })
+	// Wait for two lock TTLs' worth of renewals (one every 200ms).
+	waitFor(t, "6 renewals", func() bool { return st.renews.Load() >= 6 })
 	wantProblem(t, do(mw, "POST", "/", "k", ""), 409, "key-in-use")
 	close(release)
 	if w := <-first; w.Code != 201 {
@@ -641,7 +641,7 @@ func TestRule4_7_LockLost(t *testing.T) {
 		<-release
 		w.WriteHeader(201)
 	})
-	mw := idem.New(st, idem.WithLockTTL(30*time.Millisecond), idem.WithHook(ev.hook))(h)
+	mw := idem.New(st, idem.WithLockTTL(300*time.Millisecond), idem.WithHook(ev.hook))(h)
 	done := make(chan *httptest.ResponseRecorder)
 	go func() { done <- do(mw, "POST", "/", "k", "") }()
 	waitFor(t, "a renewal", func() bool { return st.renews.Load() >= 1 })

@@ -305,19 +305,20 @@ func KeepBelow500(status int) bool { return status < 500 }
 
 // WithHook sets a function called once for every outcome (see Event). It
 // runs on the request's goroutine, before the response is sent, and must be
-// quick and must not keep the event's Request.
+// quick and must not keep the event's Request. Failed renewals and
+// background releases are reported from their own goroutines, so the hook
+// must be safe for concurrent use.
 func WithHook(f func(Event)) Option {
 	return func(c *config) { c.hook = f }
 }
 
 // WithLogger logs every outcome through l: executions and replays at Debug,
-// conflicts, mismatches and refused keys at Info, store errors and lost
-// locks at Error. By default (or with a nil l) only store errors and lost
-// locks are logged, through slog.Default(), so that a store that fails is
-// never silent; to drop them too, pass a logger whose handler discards
-// them.
-// A scope is never logged, only the first 16 hex digits of its SHA-256
-// (scope_digest).
+// conflicts, mismatches and refused keys at Info, failed renewals and
+// releases at Warn, store errors, lost locks and panics at Error. By
+// default (or with a nil l) only what is logged at Error is, through
+// slog.Default(), so that a store that fails is never silent; to drop it
+// too, pass a logger whose handler discards it. A scope is never logged,
+// only the first 16 hex digits of its SHA-256 (scope_digest).
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) { c.logger = l }
 }
