@@ -206,6 +206,7 @@ func (c *config) report(ev Event) {
 type requestInfo struct {
 	key       string
 	scope     string
+	http      bool // an HTTP request, whose response MarkCommitted keeps
 	committed atomic.Bool
 }
 
@@ -244,10 +245,11 @@ func ScopeFromContext(ctx context.Context) string {
 // have happened, so that its response is stored and replayed whatever its
 // status, even a 5xx that the response policy would not keep. A handler calls
 // it once the charge, write or message it stands for cannot be undone. It
-// reports false when ctx does not belong to a request under the
-// middleware.
+// reports false, and does nothing, when ctx does not belong to a request
+// under the middleware, including inside Do, whose work keeps its result by
+// returning a nil error.
 func MarkCommitted(ctx context.Context) bool {
-	if info := infoFrom(ctx); info != nil {
+	if info := infoFrom(ctx); info != nil && info.http {
 		info.committed.Store(true)
 		return true
 	}

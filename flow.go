@@ -62,24 +62,80 @@ func (e *InProgressError) Is(target error) bool { return target == ErrInProgress
 //   - If fn panics, the key is released and the panic goes on.
 //   - Store failures are returned wrapped in ErrStoreUnavailable. If fn ran
 //     but its result could not be stored (the store failed, or the lease was
-//     lost), Do returns fn's result together with the error.
+//     lost), Do returns fn's result together with the error; if fn failed
+//     too, the error holds both (errors.Is finds each).
+//   - A key that is empty, longer than WithMaxKeyLength (default 255) or not
+//     visible ASCII is refused with ErrInvalidKey, a nil store or fn with an
+//     error, and a ctx that has already ended with its error, all before any
+//     store call.
 //
 // If the caller dies while fn runs, its lease expires after the lock TTL and
-// the next caller runs fn again: at-least-once, never concurrently. ctx is
-// passed to fn (with KeyFromContext set); store calls use a copy of ctx
-// that is not cancelled with it, bounded by WithStoreTimeout.
+// the next caller runs fn again: at-least-once, never concurrently. If the
+// lease is lost while fn runs, fn's context is cancelled with cause
+// ErrLockLost. ctx is passed to fn (with KeyFromContext set); store calls
+// use a copy of ctx that is not cancelled with it, bounded by
+// WithStoreTimeout. Keys of Do live in a namespace of their own in the
+// store: they never meet the keys of HTTP requests.
 //
 // Options that concern HTTP only (methods, header, body and response limits,
 // scope, fingerprint, policy, fail-open) are ignored.
 func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx context.Context) ([]byte, error), opts ...Option) ([]byte, error) {
-	start := time.Now()
+	if store == nil {
+		return nil, errNilStore
+	}
 	cfg, err := build(opts)
 	if err != nil {
 		return nil, err
 	}
 	e := &engine{store: store, cfg: cfg, bg: doReleases}
-	base := Event{Key: key}
-	token, rec, since, err := e.claim(ctx, key, fingerprint, base)
+	return e.do(ctx, key, fingerprint, fn)
+}
+
+var (
+	errNilStore = errors.New("idem: nil Store")
+	errNilWork  = errors.New("idem: nil work function")
+)
+
+// ErrInvalidKey is returned (wrapped, with the reason) by Do for a key that
+// is empty, too long, or not visible ASCII.
+var ErrInvalidKey = errors.New("idem: invalid key")
+
+// jobKeyPrefix starts the stored key of every key of Do. Stored keys of
+// HTTP requests start with 32 hex digits and '|', so the two never meet.
+const jobKeyPrefix = "do|"
+
+// checkJobKey refuses a key of Do that is empty, longer than maxLen bytes, or
+// holds a byte outside visible ASCII.
+func checkJobKey(key string, maxLen int) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty", ErrInvalidKey)
+	case len(key) > maxLen:
+		return fmt.Errorf("%w: %d bytes long, over the limit of %d", ErrInvalidKey, len(key), maxLen)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x21 || c > 0x7e {
+			return fmt.Errorf("%w: byte %d is %#x; keys hold visible ASCII only", ErrInvalidKey, i, c)
+		}
+	}
+	return nil
+}
+
+// do is Do over the engine's settings.
+func (e *engine) do(ctx context.Context, key, fingerprint string, fn func(ctx context.Context) ([]byte, error)) ([]byte, error) {
+	if fn == nil {
+		return nil, errNilWork
+	}
+	if err := checkJobKey(key, e.cfg.maxKeyLen); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	skey := jobKeyPrefix + key
+	base := Event{Key: key, start: start}
+	token, rec, since, err := e.claim(ctx, skey, fingerprint, base)
 	if err != nil {
 		e.cfg.report(Event{start: start, Outcome: OutcomeStoreError, Key: key, Err: err})
 		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
@@ -102,7 +158,7 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 		ran    time.Duration
 	)
 	ctx = withInfo(ctx, &requestInfo{key: key})
-	_, stored, err := e.execute(ctx, key, token, since, new(lease), base, workFunc(func(ctx context.Context) ([]byte, bool) {
+	_, stored, err := e.execute(ctx, skey, token, since, new(lease), base, workFunc(func(ctx context.Context) ([]byte, bool) {
 		t0 := time.Now()
 		result, fnErr = fn(ctx)
 		ran = time.Since(t0)
@@ -113,7 +169,7 @@ func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx c
 	switch {
 	case errors.Is(err, ErrLockLost):
 		e.cfg.report(Event{start: start, Outcome: OutcomeLockLost, Key: key, Err: err, HandlerDuration: ran})
-		return result, err
+		return result, errors.Join(err, fnErr)
 	case err != nil:
 		e.cfg.report(Event{start: start, Outcome: OutcomeStoreError, Key: key, Err: err, HandlerDuration: ran})
 		return result, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)

@@ -131,7 +131,7 @@ func TestRule1_4_DoStoreDown(t *testing.T) {
 func TestRule1_4_DoDeadWorker(t *testing.T) {
 	clock := newFakeClock()
 	st, mem := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
-	if _, err := mem.Claim(context.Background(), "job", "dead", "fp", 5*time.Second); err != nil {
+	if _, err := mem.Claim(context.Background(), idem.JobKeyForTest("job"), "dead", "fp", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	work := func(context.Context) ([]byte, error) { return []byte("retried"), nil }

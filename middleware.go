@@ -38,7 +38,7 @@ func New(store Store, opts ...Option) func(http.Handler) http.Handler {
 // invalid option.
 func NewMiddleware(store Store, opts ...Option) (*Middleware, error) {
 	if store == nil {
-		return nil, errors.New("idem: nil Store")
+		return nil, errNilStore
 	}
 	cfg, err := build(opts)
 	if err != nil {
@@ -100,7 +100,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		return
 	}
 	q := &request{m: m, next: next}
-	q.info.key = key
+	q.info.key, q.info.http = key, true
 	if cfg.scope != nil {
 		q.info.scope = cfg.scope(r)
 	}
