@@ -98,7 +98,7 @@ func (c *replayCache) replay(w http.ResponseWriter, m *Middleware, key, fp strin
 
 	if e.fp != fp {
 		ev.Outcome = OutcomeMismatch
-		m.answer(w, probKeyReused, 0, ev)
+		m.answer(w, m.cfg.probs.keyReused, 0, ev)
 		return true
 	}
 	ev.Outcome, ev.Status = OutcomeReplayed, e.resp.Status

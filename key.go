@@ -22,6 +22,10 @@ const (
 	errKeyMultiple  keyError = "The request has several Idempotency-Key headers with different values"
 )
 
+// keyErrors lists every keyError, so that their problems can be encoded
+// once per middleware.
+var keyErrors = []keyError{errKeyMissing, errKeyEmpty, errKeyTooLong, errKeyChars, errKeyMalformed, errKeyList, errKeyMultiple}
+
 // parseKey returns the key named by the values of the key header. It accepts
 // the bare form (abc) and the RFC 8941 sf-string form ("abc"); both name the
 // same key. Several header lines must all name the same key.

@@ -96,7 +96,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 			next.ServeHTTP(w, r)
 			return
 		}
-		m.answer(w, probKey(err), 0, Event{Outcome: OutcomeRejected, Request: r, start: start})
+		m.answer(w, cfg.probs.key(err), 0, Event{Outcome: OutcomeRejected, Request: r, start: start})
 		return
 	}
 	q := &request{m: m, next: next}
@@ -130,7 +130,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 			next.ServeHTTP(w, r2)
 			return
 		}
-		m.answer(w, probStoreUnavailable, cfg.storeRetryAfter, ev)
+		m.answer(w, cfg.probs.storeUnavailable, cfg.storeRetryAfter, ev)
 		return
 	}
 	if rec != nil {
@@ -175,7 +175,7 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 		// stays locked until its lease ends. The answer carries the headers
 		// of the outer handlers, not the handler's.
 		c.restoreOuter()
-		m.answer(w, probNotRecorded, cfg.lockRetryAfter, ev)
+		m.answer(w, cfg.probs.notRecorded, cfg.lockRetryAfter, ev)
 		return
 	}
 	if q.cancelled {
@@ -231,15 +231,15 @@ func (m *Middleware) answerExisting(w http.ResponseWriter, rec *Record, fp strin
 	switch {
 	case rec.Fingerprint != fp:
 		ev.Outcome = OutcomeMismatch
-		m.answer(w, probKeyReused, 0, ev)
+		m.answer(w, m.cfg.probs.keyReused, 0, ev)
 	case rec.State == StateInProgress:
 		ev.Outcome = OutcomeConflict
-		m.answer(w, probKeyInUse, ceilSeconds(rec.LeaseLeft), ev)
+		m.answer(w, m.cfg.probs.keyInUse, ceilSeconds(rec.LeaseLeft), ev)
 	default:
 		resp, err := DecodeResponse(rec.Result)
 		if err != nil {
 			ev.Outcome, ev.Err = OutcomeStoreError, err
-			m.answer(w, probStoreUnavailable, m.cfg.storeRetryAfter, ev)
+			m.answer(w, m.cfg.probs.storeUnavailable, m.cfg.storeRetryAfter, ev)
 			return
 		}
 		if resp.BodyOmitted {

@@ -47,6 +47,7 @@ type config struct {
 	logger          *slog.Logger
 	errs            []error
 	renewEvery      time.Duration
+	probs           *problems
 	leaseMargin     time.Duration
 	lockRetryAfter  int
 	storeRetryAfter int
@@ -106,6 +107,7 @@ func build(opts []Option) (*config, error) {
 	c.leaseMargin = c.lockTTL / 10
 	c.lockRetryAfter = ceilSeconds(c.lockTTL)
 	c.storeRetryAfter = 1
+	c.probs = newProblems(c.header, c.maxKeyLen)
 	return &c, nil
 }
 
@@ -175,15 +177,18 @@ func WithWait(d time.Duration) Option {
 
 // WithMethods sets the request methods that the middleware protects
 // (default POST and PATCH). Requests with other methods pass straight
-// through with no store call.
+// through with no store call. Method names are case-sensitive: each must be
+// an upper-case token such as "PUT" ("put" would never match a request and
+// is refused). The slice is copied.
 func WithMethods(methods ...string) Option {
+	methods = append([]string(nil), methods...)
 	return func(c *config) {
 		if len(methods) == 0 {
 			c.fail("WithMethods: no method given")
 		}
 		for _, m := range methods {
-			if !isToken(m) {
-				c.fail("WithMethods: %q is not a method name", m)
+			if !isToken(m) || strings.ToUpper(m) != m {
+				c.fail("WithMethods: %q is not an upper-case method name", m)
 			}
 		}
 		c.methods = methods
@@ -191,7 +196,8 @@ func WithMethods(methods ...string) Option {
 }
 
 // WithHeader sets the name of the request header that carries the key
-// (default DefaultHeader, "Idempotency-Key").
+// (default DefaultHeader, "Idempotency-Key"). The middleware's problem
+// responses name it.
 func WithHeader(name string) Option {
 	return func(c *config) {
 		if !isToken(name) {
@@ -203,7 +209,8 @@ func WithHeader(name string) Option {
 
 // WithMaxKeyLength sets the longest key accepted, in bytes, not counting the
 // quotes of the quoted form (default DefaultMaxKeyLength, 255). Longer keys
-// are answered 400.
+// are answered 400 with a detail that states the limit (Do refuses them
+// with ErrInvalidKey).
 func WithMaxKeyLength(n int) Option {
 	return func(c *config) {
 		if n <= 0 {

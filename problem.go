@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // ProblemTypeBase is the prefix of the "type" member of every problem
@@ -27,17 +28,60 @@ func newProblem(slug string, status int, title, detail string) *problem {
 	return &problem{Type: ProblemTypeBase + slug, Title: title, Status: status, Detail: detail}
 }
 
-// The fixed problems are encoded once, so that the common answers (409,
-// 422, 503) cost no encoding per request.
+// problems are the answers of one middleware that name its key header,
+// encoded once when it is built, so that the common answers (409, 422, 503)
+// cost no encoding per request.
+type problems struct {
+	keyMissing, keyInUse, keyReused, storeUnavailable, notRecorded rendered
+	keyInvalid                                                     map[keyError]rendered
+	header                                                         string
+	maxKeyLen                                                      int
+}
+
+func newProblems(header string, maxKeyLen int) *problems {
+	p := &problems{header: header, maxKeyLen: maxKeyLen}
+	p.keyMissing = mustRender(newProblem("key-missing", http.StatusBadRequest, header+" required",
+		"This endpoint requires an "+header+" header; send a unique key with each new request and repeat it on retries."))
+	p.keyInUse = mustRender(newProblem("key-in-use", http.StatusConflict, "Request in progress",
+		"A request with this "+header+" is still being processed. Retry after the number of seconds in Retry-After."))
+	p.keyReused = mustRender(newProblem("key-reused", http.StatusUnprocessableEntity, header+" reused",
+		"This "+header+" was already used for a different request: its method, path, query or body differ (or a header this endpoint compares). Use a new key for a new request."))
+	p.storeUnavailable = mustRender(newProblem("store-unavailable", http.StatusServiceUnavailable, "Idempotency store unavailable",
+		"The request was not processed because its "+header+" could not be checked. Retry with the same key after the number of seconds in Retry-After."))
+	p.notRecorded = mustRender(newProblem("response-not-recorded", http.StatusServiceUnavailable, "Response not recorded",
+		"The request may have been processed, but its response could not be recorded. Retry with the same "+header+" after the number of seconds in Retry-After to learn the outcome."))
+	p.keyInvalid = make(map[keyError]rendered, len(keyErrors))
+	for _, e := range keyErrors {
+		p.keyInvalid[e] = p.renderKeyInvalid(e)
+	}
+	return p
+}
+
+// key answers a refused key; err's text was written for clients (see
+// keyError).
+func (p *problems) key(err error) rendered {
+	if err == errKeyMissing {
+		return p.keyMissing
+	}
+	if e, ok := err.(keyError); ok {
+		if r, ok := p.keyInvalid[e]; ok {
+			return r
+		}
+	}
+	return p.renderKeyInvalid(err)
+}
+
+func (p *problems) renderKeyInvalid(err error) rendered {
+	detail := err.Error()
+	if err == errKeyTooLong {
+		detail = "The " + DefaultHeader + " is longer than " + strconv.Itoa(p.maxKeyLen) + " characters, the limit of this endpoint"
+	}
+	detail = strings.ReplaceAll(detail, DefaultHeader, p.header)
+	return mustRender(newProblem("key-invalid", http.StatusBadRequest, "Invalid "+p.header, detail+"."))
+}
+
+// Problems that do not name the key header.
 var (
-	probKeyInUse = mustRender(newProblem("key-in-use", http.StatusConflict, "Request in progress",
-		"A request with this Idempotency-Key is still being processed. Retry after the number of seconds in Retry-After."))
-	probKeyReused = mustRender(newProblem("key-reused", http.StatusUnprocessableEntity, "Idempotency-Key reused",
-		"This Idempotency-Key was already used for a different request (method, path or body). Use a new key for a new request."))
-	probStoreUnavailable = mustRender(newProblem("store-unavailable", http.StatusServiceUnavailable, "Idempotency store unavailable",
-		"The request was not processed because its Idempotency-Key could not be checked. Retry with the same key after the number of seconds in Retry-After."))
-	probNotRecorded = mustRender(newProblem("response-not-recorded", http.StatusServiceUnavailable, "Response not recorded",
-		"The request may have been processed, but its response could not be recorded. Retry with the same Idempotency-Key after the number of seconds in Retry-After to learn the outcome."))
 	probBodyUnreadable = mustRender(newProblem("body-unreadable", http.StatusBadRequest, "Request body unreadable",
 		"The request body could not be read completely."))
 )
@@ -65,24 +109,14 @@ var (
 	noStore     = []string{"no-store"}
 )
 
-// probKey answers a refused Idempotency-Key; err's text was written for
-// clients (see keyError).
-func probKey(err error) rendered {
-	if err == errKeyMissing {
-		return mustRender(newProblem("key-missing", http.StatusBadRequest, "Idempotency-Key required",
-			"This endpoint requires an Idempotency-Key header; send a unique key with each new request and repeat it on retries."))
-	}
-	return mustRender(newProblem("key-invalid", http.StatusBadRequest, "Invalid Idempotency-Key", err.Error()+"."))
-}
-
 func probBodyTooLarge(limit int64) rendered {
 	return mustRender(newProblem("body-too-large", http.StatusRequestEntityTooLarge, "Request body too large",
-		"Requests with an Idempotency-Key may carry at most "+strconv.FormatInt(limit, 10)+" bytes of body on this endpoint."))
+		"Requests with an idempotency key may carry at most "+strconv.FormatInt(limit, 10)+" bytes of body on this endpoint."))
 }
 
 func probNotReplayable(original int) rendered {
 	p := newProblem("response-not-replayable", http.StatusConflict, "Response cannot be replayed",
-		"A request with this Idempotency-Key has already been processed, but its response was streamed or too large to keep, so it cannot be sent again. The request will not be processed again with this key.")
+		"A request with this key has already been processed, but its response was streamed or too large to keep, so it cannot be sent again. The request will not be processed again with this key.")
 	p.OriginalStatus = original
 	return mustRender(p)
 }

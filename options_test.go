@@ -1,0 +1,118 @@
+package idem_test
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/idemgo/idem"
+)
+
+// Method names are case-sensitive upper-case tokens: "post" would never
+// match a request, so it is refused rather than silently protect nothing.
+// The slice given is copied.
+func TestWithMethodsRefusesWhatNeverMatches(t *testing.T) {
+	st, _ := newCountingStore(t)
+	for _, m := range []string{"post", "Post", "P OST", ""} {
+		if _, err := idem.NewMiddleware(st, idem.WithMethods(m)); err == nil {
+			t.Errorf("WithMethods(%q) accepted", m)
+		}
+	}
+	methods := []string{"POST"}
+	mw := idem.New(st, idem.WithMethods(methods...))
+	methods[0] = "GET"
+	h := &payments{}
+	do(mw(h), "POST", "/", "k", "")
+	do(mw(h), "POST", "/", "k", "")
+	if h.runs.Load() != 1 {
+		t.Fatalf("runs %d: changing the caller's slice changed the protected methods", h.runs.Load())
+	}
+	if _, err := idem.NewMiddleware(st, idem.WithMethods("PUT", "DELETE", "M-SEARCH")); err != nil {
+		t.Fatalf("upper-case method tokens refused: %v", err)
+	}
+}
+
+// Problems name the header the middleware was configured with, never the
+// default one; a key refused for its length states the limit; the 422
+// detail says that the query counts.
+func TestProblemsNameConfiguredHeader(t *testing.T) {
+	st, _ := newCountingStore(t)
+	release := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		w.WriteHeader(201)
+	})
+	mw := idem.New(st, idem.WithHeader("X-Delivery-Id"), idem.WithRequiredKey(), idem.WithMaxKeyLength(40))(h)
+	send := func(path, key, body string) problemBody {
+		r := newRequest("POST", path, body)
+		if key != "" {
+			r.Header.Set("X-Delivery-Id", key)
+		}
+		w := serve(mw, r)
+		p := decodeProblem(t, w)
+		if strings.Contains(p.Title+p.Detail, "Idempotency-Key") || !strings.Contains(p.Detail, "X-Delivery-Id") {
+			t.Errorf("%d %s: %q / %q does not name X-Delivery-Id alone", p.Status, p.Type, p.Title, p.Detail)
+		}
+		return p
+	}
+	send("/", "", "")                           // 400 key-missing
+	send("/", "bad key", "")                    // 400 key-invalid
+	p := send("/", strings.Repeat("k", 41), "") // 400 key-invalid, too long
+	if !strings.Contains(p.Detail, "40") {
+		t.Errorf("too-long detail %q does not state the limit", p.Detail)
+	}
+	serve(mw, withKey(newRequest("POST", "/", "a"), "X-Delivery-Id", "d1"))
+	p = send("/", "d1", "b") // 422
+	if p.Status != 422 || !strings.Contains(p.Detail, "query") {
+		t.Errorf("422 detail %q does not say the query counts", p.Detail)
+	}
+	done := make(chan struct{})
+	go func() { serve(mw, withKey(newRequest("POST", "/slow", ""), "X-Delivery-Id", "d2")); close(done) }()
+	waitFor(t, "the slow claim", func() bool { return st.claims.Load() >= 3 })
+	send("/slow", "d2", "") // 409
+	close(release)
+	<-done
+	st.set(func(s *countingStore) { s.claimErr = errors.New("down") })
+	send("/", "d3", "") // 503
+	st.set(func(s *countingStore) { s.claimErr, s.completeErr = nil, errors.New("down") })
+	send("/", "d4", "") // 503 response-not-recorded
+
+	// The default header's length problem states its limit too.
+	w := do(idem.New(st)(h), "POST", "/", strings.Repeat("k", 256), "")
+	if p := wantProblem(t, w, 400, "key-invalid"); !strings.Contains(p.Detail, "255") {
+		t.Errorf("too-long detail %q does not state the limit", p.Detail)
+	}
+}
+
+func newRequest(method, target, body string) *http.Request {
+	return httptest.NewRequest(method, target, strings.NewReader(body))
+}
+
+func withKey(r *http.Request, header, key string) *http.Request {
+	r.Header.Set(header, key)
+	return r
+}
+
+func serve(h http.Handler, r *http.Request) *httptest.ResponseRecorder {
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+// decodeProblem decodes the problem w holds, failing if it holds none.
+func decodeProblem(t *testing.T, w *httptest.ResponseRecorder) problemBody {
+	t.Helper()
+	var p problemBody
+	if ct := w.Header().Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("status %d, Content-Type %q: not a problem", w.Code, ct)
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &p); err != nil || p.Status != w.Code {
+		t.Fatalf("problem %s: %v", w.Body, err)
+	}
+	return p
+}
