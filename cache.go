@@ -21,10 +21,8 @@ import (
 // and per scope.
 func WithReplayCache(maxBytes int64, maxEntries int, maxAge time.Duration) Option {
 	return func(c *config) {
-		if maxBytes <= 0 || maxEntries <= 0 || maxAge <= 0 {
-			c.fail("WithReplayCache(%d, %d, %v): want positive bounds", maxBytes, maxEntries, maxAge)
-		}
 		c.replayCache = cacheLimits{maxBytes: maxBytes, maxEntries: maxEntries, maxAge: maxAge}
+		c.given |= optReplayCache
 	}
 }
 
@@ -96,8 +94,7 @@ func (c *replayCache) replay(w http.ResponseWriter, m *Middleware, key, fp strin
 	c.touch(e)
 	c.mu.Unlock()
 
-	if e.fp != fp {
-		ev.Outcome = OutcomeMismatch
+	if ev.Outcome = decide(&Record{State: StateCompleted, Fingerprint: e.fp}, fp); ev.Outcome == OutcomeMismatch {
 		m.answer(w, m.cfg.probs.keyReused, 0, ev)
 		return true
 	}

@@ -1,7 +1,6 @@
 package idem
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,173 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// Errors returned by Do.
-var (
-	// ErrInProgress: another caller holds the key and is still running. The
-	// error returned is an *InProgressError, which tells how long its lease
-	// has left.
-	ErrInProgress = errors.New("idem: key in progress")
-	// ErrFingerprintMismatch: the key was already used with another
-	// fingerprint.
-	ErrFingerprintMismatch = errors.New("idem: key reused with a different fingerprint")
-	// ErrStoreUnavailable wraps every error of the store met while claiming
-	// a key or recording a result.
-	ErrStoreUnavailable = errors.New("idem: store unavailable")
-)
-
-// InProgressError is returned by Do when the key is held by another running
-// caller. errors.Is(err, ErrInProgress) holds for it.
-type InProgressError struct {
-	// RetryAfter is the time left on the holder's lease: after it the key
-	// is either completed or free again.
-	RetryAfter time.Duration
-}
-
-// Error says that the key is in progress and when its lease ends.
-func (e *InProgressError) Error() string {
-	return "idem: key in progress, lease ends in " + e.RetryAfter.String()
-}
-
-// Is reports whether target is ErrInProgress.
-func (e *InProgressError) Is(target error) bool { return target == ErrInProgress }
-
-// Do runs fn at most once per key among all callers that share store, and
-// returns fn's result to every later caller of the same key while it is
-// kept (WithTTL, default 24h). It is the flow of the HTTP middleware without
-// HTTP, for job workers and queue consumers.
-//
-//   - The first caller claims key, runs fn while renewing its lease
-//     (WithLockTTL), stores the result and returns it.
-//   - A caller that finds the result stored gets it without running fn.
-//   - A caller that finds fn running gets an *InProgressError (or, with
-//     WithWait, waits for the result).
-//   - A caller whose fingerprint differs from the stored one gets
-//     ErrFingerprintMismatch.
-//   - If fn returns an error, nothing is stored, the key is released, and the
-//     error is returned: a later call runs fn again. To keep a failure,
-//     encode it in the result and return a nil error.
-//   - If fn panics, the key is released and the panic goes on.
-//   - Store failures are returned wrapped in ErrStoreUnavailable. If fn ran
-//     but its result could not be stored (the store failed, or the lease was
-//     lost), Do returns fn's result together with the error; if fn failed
-//     too, the error holds both (errors.Is finds each).
-//   - A key that is empty, longer than WithMaxKeyLength (default 255) or not
-//     visible ASCII is refused with ErrInvalidKey, a nil store or fn with an
-//     error, and a ctx that has already ended with its error, all before any
-//     store call.
-//
-// If the caller dies while fn runs, its lease expires after the lock TTL and
-// the next caller runs fn again: at-least-once, never concurrently. If the
-// lease is lost while fn runs, fn's context is cancelled with cause
-// ErrLockLost. ctx is passed to fn (with KeyFromContext set); store calls
-// use a copy of ctx that is not cancelled with it, bounded by
-// WithStoreTimeout. Keys of Do live in a namespace of their own in the
-// store: they never meet the keys of HTTP requests.
-//
-// Options that concern HTTP only (methods, header, body and response limits,
-// scope, fingerprint, policy, fail-open) are ignored.
-func Do(ctx context.Context, store Store, key, fingerprint string, fn func(ctx context.Context) ([]byte, error), opts ...Option) ([]byte, error) {
-	if store == nil {
-		return nil, errNilStore
-	}
-	cfg, err := build(opts)
-	if err != nil {
-		return nil, err
-	}
-	e := &engine{store: store, cfg: cfg, bg: doReleases}
-	return e.do(ctx, key, fingerprint, fn)
-}
-
-var (
-	errNilStore = errors.New("idem: nil Store")
-	errNilWork  = errors.New("idem: nil work function")
-)
-
-// ErrInvalidKey is returned (wrapped, with the reason) by Do for a key that
-// is empty, too long, or not visible ASCII.
-var ErrInvalidKey = errors.New("idem: invalid key")
-
-// jobKeyPrefix starts the stored key of every key of Do. Stored keys of
-// HTTP requests start with 32 hex digits and '|', so the two never meet.
-const jobKeyPrefix = "do|"
-
-// checkJobKey refuses a key of Do that is empty, longer than maxLen bytes, or
-// holds a byte outside visible ASCII.
-func checkJobKey(key string, maxLen int) error {
-	switch {
-	case key == "":
-		return fmt.Errorf("%w: empty", ErrInvalidKey)
-	case len(key) > maxLen:
-		return fmt.Errorf("%w: %d bytes long, over the limit of %d", ErrInvalidKey, len(key), maxLen)
-	}
-	for i := 0; i < len(key); i++ {
-		if c := key[i]; c < 0x21 || c > 0x7e {
-			return fmt.Errorf("%w: byte %d is %#x; keys hold visible ASCII only", ErrInvalidKey, i, c)
-		}
-	}
-	return nil
-}
-
-// do is Do over the engine's settings.
-func (e *engine) do(ctx context.Context, key, fingerprint string, fn func(ctx context.Context) ([]byte, error)) ([]byte, error) {
-	if fn == nil {
-		return nil, errNilWork
-	}
-	if err := checkJobKey(key, e.cfg.maxKeyLen); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	skey := jobKeyPrefix + key
-	base := Event{Key: key, start: start}
-	token, rec, since, err := e.claim(ctx, skey, fingerprint, base)
-	if err != nil {
-		e.cfg.report(Event{start: start, Outcome: OutcomeStoreError, Key: key, Err: err})
-		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
-	}
-	if rec != nil {
-		switch {
-		case rec.Fingerprint != fingerprint:
-			e.cfg.report(Event{start: start, Outcome: OutcomeMismatch, Key: key})
-			return nil, ErrFingerprintMismatch
-		case rec.State == StateInProgress:
-			e.cfg.report(Event{start: start, Outcome: OutcomeConflict, Key: key})
-			return nil, &InProgressError{RetryAfter: rec.LeaseLeft}
-		}
-		e.cfg.report(Event{start: start, Outcome: OutcomeReplayed, Key: key})
-		return bytes.Clone(rec.Result), nil // the store's copy stays intact
-	}
-	var (
-		fnErr  error
-		result []byte
-		ran    time.Duration
-	)
-	ctx = withInfo(ctx, &requestInfo{key: key})
-	_, stored, err := e.execute(ctx, skey, token, since, new(lease), base, workFunc(func(ctx context.Context) ([]byte, bool) {
-		t0 := time.Now()
-		result, fnErr = fn(ctx)
-		ran = time.Since(t0)
-		// The store keeps its own copy, so that neither fn nor the caller can
-		// change what later callers get.
-		return bytes.Clone(result), fnErr == nil
-	}))
-	switch {
-	case errors.Is(err, ErrLockLost):
-		e.cfg.report(Event{start: start, Outcome: OutcomeLockLost, Key: key, Err: err, HandlerDuration: ran})
-		return result, errors.Join(err, fnErr)
-	case err != nil:
-		e.cfg.report(Event{start: start, Outcome: OutcomeStoreError, Key: key, Err: err, HandlerDuration: ran})
-		return result, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
-	}
-	e.cfg.report(Event{start: start, Outcome: OutcomeExecuted, Key: key, Stored: stored, HandlerDuration: ran})
-	if fnErr != nil {
-		return nil, fnErr
-	}
-	return result, nil
-}
 
 // engine runs the flow shared by Do and the middleware: claim, lease
 // renewal, complete or release.
@@ -204,6 +36,32 @@ var doReleases = newBackgroundSlots()
 // errReleaseSkipped is the Err of an OutcomeReleaseFailed event whose
 // release was not even tried.
 var errReleaseSkipped = errors.New("idem: release of a failed claim skipped: too many releases in flight; the key stays locked until its lease ends")
+
+// decide says what a caller gets that found rec under its own
+// fingerprint: OutcomeMismatch (the key was used for other work),
+// OutcomeConflict (the key's work is running) or OutcomeReplayed (its result
+// is kept). It is the one place, for the middleware and the Runner.
+func decide(rec *Record, fingerprint string) Outcome {
+	switch {
+	case rec.Fingerprint != fingerprint:
+		return OutcomeMismatch
+	case rec.State == StateInProgress:
+		return OutcomeConflict
+	}
+	return OutcomeReplayed
+}
+
+// outcomeOf is the outcome of work that execute ran and that ended with
+// err: executed, its lease lost, or its result not stored.
+func outcomeOf(err error) Outcome {
+	switch {
+	case err == nil:
+		return OutcomeExecuted
+	case errors.Is(err, ErrLockLost):
+		return OutcomeLockLost
+	}
+	return OutcomeStoreError
+}
 
 // storeCtx returns the context of one store call: ctx's values without its
 // cancellation, bounded by the store timeout. The caller calls its cancel

@@ -57,7 +57,7 @@ func FuzzMiddleware(f *testing.F) {
 		maxResponse := idem.DefaultMaxResponseSize
 		if settings&4 != 0 {
 			maxResponse = 8
-			opts = append(opts, idem.WithMaxResponseSize(maxResponse))
+			opts = append(opts, idem.WithMaxResponseSize(int64(maxResponse)))
 		}
 		if settings&8 != 0 {
 			opts = append(opts, idem.WithScope(func(r *http.Request) string { return r.Header.Get("Authorization") }))

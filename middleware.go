@@ -40,7 +40,7 @@ func NewMiddleware(store Store, opts ...Option) (*Middleware, error) {
 	if store == nil {
 		return nil, errNilStore
 	}
-	cfg, err := build(opts)
+	cfg, err := build(opts, forMiddleware)
 	if err != nil {
 		return nil, err
 	}
@@ -146,21 +146,13 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token string, since time.Time, ev Event) {
 	m, cfg := q.m, q.m.cfg
 	q.r = r
-	q.c = newCapture(w, cfg.maxResponse)
+	q.c = newCapture(w, cfg.captureMax)
 	defer q.c.free()
 
 	result, stored, err := m.e.execute(withInfo(r.Context(), &q.info), skey, token, since, &q.lease, ev, q)
-	ev.Stored, ev.HandlerDuration = stored, q.ran
-	switch {
-	case err == nil:
-		ev.Outcome = OutcomeExecuted
-		if stored {
-			m.cache.addResult(skey, q.fp, result, cfg.ttl, q.asked)
-		}
-	case errors.Is(err, ErrLockLost):
-		ev.Outcome, ev.Err = OutcomeLockLost, err
-	default:
-		ev.Outcome, ev.Err = OutcomeStoreError, err
+	ev.Outcome, ev.Err, ev.Stored, ev.HandlerDuration = outcomeOf(err), err, stored, q.ran
+	if stored && err == nil {
+		m.cache.addResult(skey, q.fp, result, cfg.ttl, q.asked)
 	}
 	c := q.c
 	if c.streaming {
@@ -228,12 +220,10 @@ func (q *request) run(ctx context.Context) ([]byte, bool) {
 
 // answerExisting answers a request whose key is already taken.
 func (m *Middleware) answerExisting(w http.ResponseWriter, rec *Record, fp string, ev Event) {
-	switch {
-	case rec.Fingerprint != fp:
-		ev.Outcome = OutcomeMismatch
+	switch ev.Outcome = decide(rec, fp); ev.Outcome {
+	case OutcomeMismatch:
 		m.answer(w, m.cfg.probs.keyReused, 0, ev)
-	case rec.State == StateInProgress:
-		ev.Outcome = OutcomeConflict
+	case OutcomeConflict:
 		m.answer(w, m.cfg.probs.keyInUse, ceilSeconds(rec.LeaseLeft), ev)
 	default:
 		resp, err := DecodeResponse(rec.Result)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"strings"
 	"time"
@@ -21,37 +22,83 @@ const (
 )
 
 // Option changes one setting of a middleware (New, NewMiddleware) or of a
-// call of Do. Each setting has one option, whose documentation names its
-// default. Options are checked when the middleware is built: an invalid one
-// makes NewMiddleware return an error (New panics), never a request fail.
+// Runner (NewRunner, Do). Each setting has one option, whose documentation
+// names its default. Options are checked when the middleware or Runner is
+// built: an invalid one makes NewMiddleware or NewRunner return an error
+// (New panics), never a request fail.
 type Option func(*config)
 
-// config is the checked settings of one middleware instance.
+// option names one option, to tell which were given.
+type option uint32
+
+const (
+	optTTL option = 1 << iota
+	optLockTTL
+	optStoreTimeout
+	optWait
+	optMethods
+	optHeader
+	optMaxKeyLength
+	optMaxBodySize
+	optMaxResponseSize
+	optRequiredKey
+	optFailOpen
+	optScope
+	optFingerprint
+	optResponsePolicy
+	optHook
+	optLogger
+	optReplayCache
+)
+
+// httpOnly are the options that concern HTTP requests only, with the names
+// a Runner's error gives them.
+var httpOnly = []struct {
+	opt  option
+	name string
+}{
+	{optMethods, "WithMethods"},
+	{optHeader, "WithHeader"},
+	{optMaxBodySize, "WithMaxBodySize"},
+	{optMaxResponseSize, "WithMaxResponseSize"},
+	{optRequiredKey, "WithRequiredKey"},
+	{optFailOpen, "WithFailOpen"},
+	{optScope, "WithScope"},
+	{optFingerprint, "WithFingerprint"},
+	{optResponsePolicy, "WithResponsePolicy"},
+	{optReplayCache, "WithReplayCache"},
+}
+
+// config is the settings of one middleware or Runner. Options only record
+// what they were given; build checks everything, in one place.
 type config struct {
-	ttl             time.Duration
-	lockTTL         time.Duration
-	storeTimeout    time.Duration
-	storeTimeoutSet bool
-	wait            time.Duration
-	methods         []string
-	header          string
-	maxKeyLen       int
-	maxBody         int64
-	maxResponse     int
-	requireKey      bool
-	failOpen        bool
-	scope           func(*http.Request) string
-	fingerprint     FingerprintFunc
-	keep            func(status int) bool
-	hook            func(Event)
-	logger          *slog.Logger
-	errs            []error
+	given        option
+	nilOption    bool
+	ttl          time.Duration
+	lockTTL      time.Duration
+	storeTimeout time.Duration
+	wait         time.Duration
+	methods      []string
+	header       string
+	maxKeyLen    int
+	maxBody      int64
+	maxResponse  int64
+	requireKey   bool
+	failOpen     bool
+	scope        func(*http.Request) string
+	fingerprint  FingerprintFunc
+	keep         func(status int) bool
+	hook         func(Event)
+	logger       *slog.Logger
+	replayCache  cacheLimits
+
+	// Derived by build.
 	renewEvery      time.Duration
-	probs           *problems
 	leaseMargin     time.Duration
 	lockRetryAfter  int
 	storeRetryAfter int
-	replayCache     cacheLimits
+	captureMax      int // maxResponse as an int, for the capture
+	probs           *problems
 }
 
 func defaultConfig() config {
@@ -69,45 +116,109 @@ func defaultConfig() config {
 	}
 }
 
-func (c *config) fail(format string, args ...any) {
-	c.errs = append(c.errs, fmt.Errorf("idem: "+format, args...))
-}
+// use is what a config is built for.
+type use uint8
 
-// build applies opts and checks the result.
-func build(opts []Option) (*config, error) {
+const (
+	forMiddleware use = iota
+	forRunner
+)
+
+// build applies opts and checks every setting, returning an error that
+// names each invalid one.
+func build(opts []Option, u use) (*config, error) {
 	c := defaultConfig()
 	for _, o := range opts {
 		if o == nil {
-			c.fail("nil Option")
+			c.nilOption = true
 			continue
 		}
 		o(&c)
 	}
-	if c.lockTTL < 10*time.Millisecond {
-		c.fail("lock TTL %v is shorter than 10ms", c.lockTTL)
+	var errs []error
+	fail := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("idem: "+format, args...))
 	}
-	if c.ttl < c.lockTTL {
-		c.fail("retention TTL %v is shorter than the lock TTL %v", c.ttl, c.lockTTL)
+	if c.nilOption {
+		fail("nil Option")
+	}
+	if u == forRunner {
+		for _, h := range httpOnly {
+			if c.given&h.opt != 0 {
+				fail("%s concerns HTTP requests only; a Runner (and Do) does not use it", h.name)
+			}
+		}
+	}
+	if c.ttl <= 0 {
+		fail("WithTTL(%v): want a positive duration", c.ttl)
+	}
+	if c.lockTTL < 10*time.Millisecond {
+		fail("lock TTL %v is shorter than 10ms", c.lockTTL)
+	}
+	if c.ttl > 0 && c.ttl < c.lockTTL {
+		fail("retention TTL %v is shorter than the lock TTL %v", c.ttl, c.lockTTL)
+	}
+	if c.storeTimeout <= 0 {
+		fail("WithStoreTimeout(%v): want a positive duration", c.storeTimeout)
 	}
 	// A renewal is due every third of the lock TTL. A store call that may
-	// take longer than that could let the lease lapse while the handler
-	// runs, so the store timeout must fit: set explicitly it is refused,
-	// the default one is shortened.
+	// take longer than that could let the lease lapse while the work runs,
+	// so the store timeout must fit: set explicitly it is refused, the
+	// default one is shortened.
 	if c.storeTimeout > c.lockTTL/3 {
-		if c.storeTimeoutSet {
-			c.fail("store timeout %v is longer than a third of the lock TTL %v: one slow renewal could let the lease lapse while the handler runs", c.storeTimeout, c.lockTTL)
+		if c.given&optStoreTimeout != 0 {
+			fail("store timeout %v is longer than a third of the lock TTL %v: one slow renewal could let the lease lapse while the handler runs", c.storeTimeout, c.lockTTL)
 		} else {
 			c.storeTimeout = c.lockTTL / 3
 		}
 	}
-	if len(c.errs) > 0 {
-		return nil, errors.Join(c.errs...)
+	if c.wait < 0 {
+		fail("WithWait(%v): want zero or a positive duration", c.wait)
+	}
+	if len(c.methods) == 0 {
+		fail("WithMethods: no method given")
+	}
+	for _, m := range c.methods {
+		if !isToken(m) || strings.ToUpper(m) != m {
+			fail("WithMethods: %q is not an upper-case method name", m)
+		}
+	}
+	if !isToken(c.header) {
+		fail("WithHeader(%q): not a header name", c.header)
+	}
+	c.header = http.CanonicalHeaderKey(c.header)
+	if c.maxKeyLen <= 0 {
+		fail("WithMaxKeyLength(%d): want a positive length", c.maxKeyLen)
+	}
+	if c.maxBody <= 0 {
+		fail("WithMaxBodySize(%d): want a positive size", c.maxBody)
+	}
+	if c.maxResponse <= 0 {
+		fail("WithMaxResponseSize(%d): want a positive size", c.maxResponse)
+	}
+	if c.given&optScope != 0 && c.scope == nil {
+		fail("WithScope(nil)")
+	}
+	if c.fingerprint == nil {
+		fail("WithFingerprint(nil)")
+	}
+	if c.keep == nil {
+		fail("WithResponsePolicy(nil)")
+	}
+	if l := c.replayCache; c.given&optReplayCache != 0 && (l.maxBytes <= 0 || l.maxEntries <= 0 || l.maxAge <= 0) {
+		fail("WithReplayCache(%d, %d, %v): want positive bounds", l.maxBytes, l.maxEntries, l.maxAge)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	c.renewEvery = c.lockTTL / 3
 	c.leaseMargin = c.lockTTL / 10
 	c.lockRetryAfter = ceilSeconds(c.lockTTL)
 	c.storeRetryAfter = 1
-	c.probs = newProblems(c.header, c.maxKeyLen)
+	c.captureMax = int(min(c.maxResponse, math.MaxInt))
+	if u == forMiddleware {
+		c.probs = newProblems(c.header, c.maxKeyLen)
+	}
 	return &c, nil
 }
 
@@ -125,12 +236,7 @@ func ceilSeconds(d time.Duration) int {
 // (default DefaultTTL, 24h). Give each route its own middleware to give it
 // its own TTL.
 func WithTTL(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithTTL(%v): want a positive duration", d)
-		}
-		c.ttl = d
-	}
+	return func(c *config) { c.ttl, c.given = d, c.given|optTTL }
 }
 
 // WithLockTTL sets the lease of an in-flight request (default
@@ -145,7 +251,7 @@ func WithTTL(d time.Duration) Option {
 // recorded. The store timeout must be at most a third of the lock TTL; the
 // default one (2s) is shortened to that when the lock TTL is below 6s.
 func WithLockTTL(d time.Duration) Option {
-	return func(c *config) { c.lockTTL = d }
+	return func(c *config) { c.lockTTL, c.given = d, c.given|optLockTTL }
 }
 
 // WithStoreTimeout bounds every store call (default DefaultStoreTimeout,
@@ -154,12 +260,7 @@ func WithLockTTL(d time.Duration) Option {
 // a response from being recorded. It must be at most a third of the lock
 // TTL, so that a slow renewal leaves time to try again within the lease.
 func WithStoreTimeout(d time.Duration) Option {
-	return func(c *config) {
-		if d <= 0 {
-			c.fail("WithStoreTimeout(%v): want a positive duration", d)
-		}
-		c.storeTimeout, c.storeTimeoutSet = d, true
-	}
+	return func(c *config) { c.storeTimeout, c.given = d, c.given|optStoreTimeout }
 }
 
 // WithWait makes a duplicate of an in-flight request wait up to d for the
@@ -167,12 +268,7 @@ func WithStoreTimeout(d time.Duration) Option {
 // 409 (default 0: no waiting). While waiting, the store is polled with
 // growing intervals; when d runs out the duplicate gets the 409.
 func WithWait(d time.Duration) Option {
-	return func(c *config) {
-		if d < 0 {
-			c.fail("WithWait(%v): want zero or a positive duration", d)
-		}
-		c.wait = d
-	}
+	return func(c *config) { c.wait, c.given = d, c.given|optWait }
 }
 
 // WithMethods sets the request methods that the middleware protects
@@ -182,29 +278,14 @@ func WithWait(d time.Duration) Option {
 // is refused). The slice is copied.
 func WithMethods(methods ...string) Option {
 	methods = append([]string(nil), methods...)
-	return func(c *config) {
-		if len(methods) == 0 {
-			c.fail("WithMethods: no method given")
-		}
-		for _, m := range methods {
-			if !isToken(m) || strings.ToUpper(m) != m {
-				c.fail("WithMethods: %q is not an upper-case method name", m)
-			}
-		}
-		c.methods = methods
-	}
+	return func(c *config) { c.methods, c.given = methods, c.given|optMethods }
 }
 
 // WithHeader sets the name of the request header that carries the key
 // (default DefaultHeader, "Idempotency-Key"). The middleware's problem
 // responses name it.
 func WithHeader(name string) Option {
-	return func(c *config) {
-		if !isToken(name) {
-			c.fail("WithHeader(%q): not a header name", name)
-		}
-		c.header = http.CanonicalHeaderKey(name)
-	}
+	return func(c *config) { c.header, c.given = name, c.given|optHeader }
 }
 
 // WithMaxKeyLength sets the longest key accepted, in bytes, not counting the
@@ -212,12 +293,7 @@ func WithHeader(name string) Option {
 // are answered 400 with a detail that states the limit (Do refuses them
 // with ErrInvalidKey).
 func WithMaxKeyLength(n int) Option {
-	return func(c *config) {
-		if n <= 0 {
-			c.fail("WithMaxKeyLength(%d): want a positive length", n)
-		}
-		c.maxKeyLen = n
-	}
+	return func(c *config) { c.maxKeyLen, c.given = n, c.given|optMaxKeyLength }
 }
 
 // WithMaxBodySize sets the largest request body of a keyed request, in
@@ -225,12 +301,7 @@ func WithMaxKeyLength(n int) Option {
 // fingerprinted and then handed to the handler; a larger body is answered
 // 413 and the handler does not run.
 func WithMaxBodySize(n int64) Option {
-	return func(c *config) {
-		if n <= 0 {
-			c.fail("WithMaxBodySize(%d): want a positive size", n)
-		}
-		c.maxBody = n
-	}
+	return func(c *config) { c.maxBody, c.given = n, c.given|optMaxBodySize }
 }
 
 // WithMaxResponseSize sets the largest response body kept for replay, in
@@ -238,20 +309,15 @@ func WithMaxBodySize(n int64) Option {
 // has its response streamed to the client as it is written; the key is then
 // recorded as done without its body, and duplicates get a 409
 // response-not-replayable problem instead of the body.
-func WithMaxResponseSize(n int) Option {
-	return func(c *config) {
-		if n <= 0 {
-			c.fail("WithMaxResponseSize(%d): want a positive size", n)
-		}
-		c.maxResponse = n
-	}
+func WithMaxResponseSize(n int64) Option {
+	return func(c *config) { c.maxResponse, c.given = n, c.given|optMaxResponseSize }
 }
 
 // WithRequiredKey makes the key mandatory: a protected request without the
 // key header is answered 400 (default: such requests pass through
 // unprotected).
 func WithRequiredKey() Option {
-	return func(c *config) { c.requireKey = true }
+	return func(c *config) { c.requireKey, c.given = true, c.given|optRequiredKey }
 }
 
 // WithFailOpen makes the middleware run the handler without protection when
@@ -263,7 +329,7 @@ func WithRequiredKey() Option {
 // damaged) is not an outage: it is answered 503 with or without fail-open,
 // since it may stand for a completed request.
 func WithFailOpen() Option {
-	return func(c *config) { c.failOpen = true }
+	return func(c *config) { c.failOpen, c.given = true, c.given|optFailOpen }
 }
 
 // WithScope sets the function that names the principal a request acts for,
@@ -274,23 +340,13 @@ func WithFailOpen() Option {
 // a credential; still, prefer a stable principal ID to a raw token, whose
 // rotation would start a new scope.
 func WithScope(f func(r *http.Request) string) Option {
-	return func(c *config) {
-		if f == nil {
-			c.fail("WithScope(nil)")
-		}
-		c.scope = f
-	}
+	return func(c *config) { c.scope, c.given = f, c.given|optScope }
 }
 
 // WithFingerprint replaces the fingerprint function (default Fingerprint;
 // see also FingerprintHeaders and CanonicalJSON).
 func WithFingerprint(f FingerprintFunc) Option {
-	return func(c *config) {
-		if f == nil {
-			c.fail("WithFingerprint(nil)")
-		}
-		c.fingerprint = f
-	}
+	return func(c *config) { c.fingerprint, c.given = f, c.given|optFingerprint }
 }
 
 // WithResponsePolicy sets which responses are stored and replayed, by
@@ -298,12 +354,7 @@ func WithFingerprint(f FingerprintFunc) Option {
 // key, so a retry runs the handler again, unless the handler called
 // MarkCommitted for its request.
 func WithResponsePolicy(keep func(status int) bool) Option {
-	return func(c *config) {
-		if keep == nil {
-			c.fail("WithResponsePolicy(nil)")
-		}
-		c.keep = keep
-	}
+	return func(c *config) { c.keep, c.given = keep, c.given|optResponsePolicy }
 }
 
 // KeepBelow500 is the default response policy: 2xx, 3xx and 4xx responses
@@ -316,7 +367,7 @@ func KeepBelow500(status int) bool { return status < 500 }
 // background releases are reported from their own goroutines, so the hook
 // must be safe for concurrent use.
 func WithHook(f func(Event)) Option {
-	return func(c *config) { c.hook = f }
+	return func(c *config) { c.hook, c.given = f, c.given|optHook }
 }
 
 // WithLogger logs every outcome through l: executions and replays at Debug,
@@ -327,7 +378,7 @@ func WithHook(f func(Event)) Option {
 // too, pass a logger whose handler discards it. A scope is never logged,
 // only the first 16 hex digits of its SHA-256 (scope_digest).
 func WithLogger(l *slog.Logger) Option {
-	return func(c *config) { c.logger = l }
+	return func(c *config) { c.logger, c.given = l, c.given|optLogger }
 }
 
 // isToken reports whether s is a non-empty RFC 9110 token.

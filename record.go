@@ -2,7 +2,6 @@ package idem
 
 import (
 	"encoding/binary"
-	"errors"
 	"net/http"
 	"slices"
 )
@@ -58,10 +57,6 @@ const (
 )
 
 const flagBodyOmitted = 1 << 0
-
-// ErrCorruptRecord is returned by DecodeResponse for data that is not an
-// encoded Response of a known format version.
-var ErrCorruptRecord = errors.New("idem: corrupt or unknown record format")
 
 // EncodeResponse returns the compact binary encoding of resp. The encoding
 // starts with a format version byte, keeps every header value and the body

@@ -2,7 +2,6 @@ package idem
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -101,9 +100,3 @@ type Store interface {
 	// returns ErrLockLost.
 	Renew(ctx context.Context, key, token string, lease time.Duration) error
 }
-
-// ErrLockLost is returned by Complete, Release and Renew when the caller no
-// longer owns the key: its lease expired, or another owner has claimed it
-// since. A stale owner can therefore never overwrite or delete a newer
-// owner's record.
-var ErrLockLost = errors.New("idem: lock lost")
