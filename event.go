@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 )
 
@@ -199,59 +198,4 @@ func (c *config) report(ev Event) {
 		attrs = append(attrs, slog.Duration("handler", ev.HandlerDuration))
 	}
 	logger.LogAttrs(ctx, level, "idempotency", attrs...)
-}
-
-// requestInfo is what the middleware tells the handler through the
-// request's context.
-type requestInfo struct {
-	key       string
-	scope     string
-	http      bool // an HTTP request, whose response MarkCommitted keeps
-	committed atomic.Bool
-}
-
-type infoKey struct{}
-
-func withInfo(ctx context.Context, info *requestInfo) context.Context {
-	return context.WithValue(ctx, infoKey{}, info)
-}
-
-func infoFrom(ctx context.Context) *requestInfo {
-	info, _ := ctx.Value(infoKey{}).(*requestInfo)
-	return info
-}
-
-// KeyFromContext returns the idempotency key of the request (or Do call)
-// that ctx belongs to, as the client sent it, without the scope. A handler
-// can pass it on, for example as the idempotency key of a downstream
-// provider. ok is false outside the middleware or Do.
-func KeyFromContext(ctx context.Context) (key string, ok bool) {
-	if info := infoFrom(ctx); info != nil {
-		return info.key, true
-	}
-	return "", false
-}
-
-// ScopeFromContext returns the scope the key of ctx's request is stored
-// under, or "" outside the middleware.
-func ScopeFromContext(ctx context.Context) string {
-	if info := infoFrom(ctx); info != nil {
-		return info.scope
-	}
-	return ""
-}
-
-// MarkCommitted tells the middleware that the side effects of ctx's request
-// have happened, so that its response is stored and replayed whatever its
-// status, even a 5xx that the response policy would not keep. A handler calls
-// it once the charge, write or message it stands for cannot be undone. It
-// reports false, and does nothing, when ctx does not belong to a request
-// under the middleware, including inside Do, whose work keeps its result by
-// returning a nil error.
-func MarkCommitted(ctx context.Context) bool {
-	if info := infoFrom(ctx); info != nil && info.http {
-		info.committed.Store(true)
-		return true
-	}
-	return false
 }

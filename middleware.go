@@ -125,6 +125,7 @@ func (m *Middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		// request: it is never a reason to run the handler.
 		if cfg.failOpen && !errors.Is(err, ErrCorruptRecord) {
 			cfg.report(ev)
+			q.info.unguarded = true
 			r2 := r.WithContext(withInfo(r.Context(), &q.info))
 			r2.Body = &q.body
 			next.ServeHTTP(w, r2)

@@ -859,15 +859,15 @@ func TestRule4_12_Flush(t *testing.T) {
 func TestRule7_KeyAndScopeInContext(t *testing.T) {
 	st, _ := newCountingStore(t)
 	var key, scope string
-	var ok bool
+	var ok, scoped bool
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key, ok = idem.KeyFromContext(r.Context())
-		scope = idem.ScopeFromContext(r.Context())
+		scope, scoped = idem.ScopeFromContext(r.Context())
 	})
 	mw := idem.New(st, idem.WithScope(func(*http.Request) string { return "acct_9" }))(h)
 	do(mw, "POST", "/", `"ord-1"`, "")
-	if key != "ord-1" || !ok || scope != "acct_9" {
-		t.Fatalf("KeyFromContext = %q %v, ScopeFromContext = %q", key, ok, scope)
+	if key != "ord-1" || !ok || scope != "acct_9" || !scoped {
+		t.Fatalf("KeyFromContext = %q %v, ScopeFromContext = %q %v", key, ok, scope, scoped)
 	}
 	if k, ok := idem.KeyFromContext(context.Background()); k != "" || ok {
 		t.Fatal("KeyFromContext outside the middleware")
