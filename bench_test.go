@@ -119,7 +119,7 @@ func BenchmarkNewKey(b *testing.B) {
 		if i%1024 == 1023 {
 			b.StopTimer()
 			clock.Advance(25 * time.Hour)
-			mem.DeleteExpired()
+			mem.DeleteExpired(context.Background(), 0)
 			b.StartTimer()
 		}
 		w.reset()

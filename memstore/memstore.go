@@ -96,25 +96,30 @@ func (s *Store) sweepLoop(every time.Duration) {
 		case <-s.stop:
 			return
 		case <-t.C:
-			s.DeleteExpired()
+			s.DeleteExpired(context.Background(), 0)
 		}
 	}
 }
 
-// DeleteExpired removes every expired record now and returns how many it
-// removed. The sweeper calls it; tests may too.
-func (s *Store) DeleteExpired() int {
+// DeleteExpired removes up to limit expired records (every expired record
+// if limit is zero or less) and returns how many it removed, in the shape of
+// sqlstore's DeleteExpired; the error is always nil. The sweeper calls it;
+// tests and programs that turned the sweeper off may too.
+func (s *Store) DeleteExpired(ctx context.Context, limit int) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	n := 0
+	var n int64
 	for k, e := range s.records {
+		if limit > 0 && n >= int64(limit) {
+			break
+		}
 		if !now.Before(e.expires) {
 			delete(s.records, k)
 			n++
 		}
 	}
-	return n
+	return n, nil
 }
 
 // Len returns the number of records held, expired ones not yet swept

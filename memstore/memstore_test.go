@@ -81,11 +81,38 @@ func TestSweep(t *testing.T) {
 		t.Fatalf("expired record not absent before sweep: %v %v", rec, err)
 	}
 	c.Advance(2 * time.Second)
-	if n := s.DeleteExpired(); n != 1 {
-		t.Fatalf("DeleteExpired removed %d, want 1 (the re-claimed lease, not the completed record)", n)
+	if n, err := s.DeleteExpired(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("DeleteExpired removed %d (%v), want 1 (the re-claimed lease, not the completed record)", n, err)
 	}
 	if got := s.Len(); got != 1 {
 		t.Fatalf("Len after sweep = %d, want 1", got)
+	}
+}
+
+// DeleteExpired removes no more than limit expired records at a time, as
+// sqlstore's does.
+func TestDeleteExpiredLimit(t *testing.T) {
+	c := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	s := memstore.New(memstore.WithClock(c.Now), memstore.WithSweepInterval(0))
+	defer s.Close()
+	ctx := context.Background()
+	for _, k := range []string{"a", "b", "c", "d", "e"} {
+		if _, err := s.Claim(ctx, k, "tok", "fp", time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Claim(ctx, "live", "tok", "fp", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(2 * time.Second)
+	if n, err := s.DeleteExpired(ctx, 2); err != nil || n != 2 {
+		t.Fatalf("DeleteExpired(2) = %d, %v; want 2", n, err)
+	}
+	if n, err := s.DeleteExpired(ctx, 0); err != nil || n != 3 {
+		t.Fatalf("DeleteExpired(0) = %d, %v; want the 3 other expired records", n, err)
+	}
+	if s.Len() != 1 {
+		t.Fatalf("Len = %d, want the live record only", s.Len())
 	}
 }
 

@@ -53,6 +53,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -166,7 +167,16 @@ func WithPrefix(prefix string) Option {
 // redis.ClusterOptions, redis.FailoverOptions): without it go-redis does not
 // end a command at its context's deadline, so the middleware's store timeout
 // (idem.WithStoreTimeout) cannot bound a call to a slow or unreachable Redis.
+//
+// New panics if client is nil (or a nil pointer), as a configuration error
+// that would otherwise surface only as a panic on the first request.
 func New(client redis.UniversalClient, opts ...Option) *Store {
+	if client == nil {
+		panic("redisstore: New: nil client")
+	}
+	if v := reflect.ValueOf(client); v.Kind() == reflect.Pointer && v.IsNil() {
+		panic(fmt.Sprintf("redisstore: New: nil client (%T)", client))
+	}
 	s := &Store{client: client, prefix: DefaultPrefix}
 	for _, o := range opts {
 		o(s)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/redisstore"
@@ -310,4 +311,24 @@ func hashOrString(t *testing.T, m *miniredis.Miniredis, key string) string {
 		b.WriteString(f + "=" + m.HGet(key, f) + ";")
 	}
 	return b.String()
+}
+
+// A nil client is refused when the store is built, with a message that
+// says so, not on the first request.
+func TestNewRefusesNilClient(t *testing.T) {
+	for name, client := range map[string]redis.UniversalClient{
+		"nil interface":      nil,
+		"nil *redis.Client":  (*redis.Client)(nil),
+		"nil *ClusterClient": (*redis.ClusterClient)(nil),
+	} {
+		func() {
+			defer func() {
+				msg, _ := recover().(string)
+				if !strings.Contains(msg, "redisstore: New: nil client") {
+					t.Errorf("%s: New panicked with %q, want a message naming the nil client", name, msg)
+				}
+			}()
+			redisstore.New(client)
+		}()
+	}
 }
