@@ -12,6 +12,11 @@ import (
 // before the handler ran are not part of it, unless the handler changed
 // them: a replay runs behind the same outer handlers, which set their own
 // headers again.
+//
+// Response, EncodeResponse and DecodeResponse are public because code
+// outside this package reads and writes stored results: the conformance
+// suite (storetest), stores that show what a key holds, and tools that
+// inspect a backup. The middleware is their only writer.
 type Response struct {
 	// Status is the HTTP status code.
 	Status int
@@ -63,12 +68,12 @@ const flagBodyOmitted = 1 << 0
 // byte for byte, and orders header names so that equal responses encode to
 // equal bytes.
 func EncodeResponse(resp *Response) []byte {
-	return AppendResponse(nil, resp)
+	return appendResponse(nil, resp)
 }
 
-// AppendResponse appends the encoding of resp to dst and returns the
+// appendResponse appends the encoding of resp to dst and returns the
 // extended slice.
-func AppendResponse(dst []byte, resp *Response) []byte {
+func appendResponse(dst []byte, resp *Response) []byte {
 	version := byte(recordVersion1)
 	size := 16 + len(resp.Body) + headerSize(resp.Header)
 	if len(resp.Added) > 0 || len(resp.Removed) > 0 || len(resp.Trailer) > 0 {
