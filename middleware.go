@@ -219,41 +219,6 @@ func (q *request) run(ctx context.Context) ([]byte, bool) {
 	return q.c.record(), true
 }
 
-// answerExisting answers a request whose key is already taken.
-func (m *Middleware) answerExisting(w http.ResponseWriter, rec *Record, fp string, ev Event) {
-	switch ev.Outcome = decide(rec, fp); ev.Outcome {
-	case OutcomeMismatch:
-		m.answer(w, m.cfg.probs.keyReused, 0, ev)
-	case OutcomeConflict:
-		m.answer(w, m.cfg.probs.keyInUse, ceilSeconds(rec.LeaseLeft), ev)
-	default:
-		resp, err := DecodeResponse(rec.Result)
-		if err != nil {
-			ev.Outcome, ev.Err = OutcomeStoreError, err
-			m.answer(w, m.cfg.probs.storeUnavailable, m.cfg.storeRetryAfter, ev)
-			return
-		}
-		if resp.BodyOmitted {
-			ev.Outcome = OutcomeNotReplayable
-			m.answer(w, probNotReplayable(resp.Status), 0, ev)
-			return
-		}
-		ev.Outcome, ev.Status = OutcomeReplayed, resp.Status
-		m.cfg.report(ev)
-		writeReplay(w, resp)
-	}
-}
-
-// answer reports ev and sends the problem p.
-func (m *Middleware) answer(w http.ResponseWriter, p rendered, retryAfter int, ev Event) {
-	ev.Status, ev.Problem = p.status, p.typ
-	if ev.Outcome == OutcomeRejected {
-		ev.Reason = p.detail
-	}
-	m.cfg.report(ev)
-	writeProblem(w, p, retryAfter)
-}
-
 // readBody reads the whole body of r, up to the limit. On failure it has
 // answered the request and returns false. The body is not pooled: the
 // handler, or anything it hands r.Body to, may read it after the request

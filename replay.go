@@ -1,5 +1,8 @@
 package idem
 
+// What the middleware answers of its own: replays of stored responses and
+// RFC 9457 problems (409 with Retry-After, 422, 503, 400, 413).
+
 import (
 	"encoding/json"
 	"net/http"
@@ -133,4 +136,39 @@ func writeProblem(w http.ResponseWriter, p rendered, retryAfter int) {
 	}
 	w.WriteHeader(p.status)
 	w.Write(p.body)
+}
+
+// answerExisting answers a request whose key is already taken.
+func (m *Middleware) answerExisting(w http.ResponseWriter, rec *Record, fp string, ev Event) {
+	switch ev.Outcome = decide(rec, fp); ev.Outcome {
+	case OutcomeMismatch:
+		m.answer(w, m.cfg.probs.keyReused, 0, ev)
+	case OutcomeConflict:
+		m.answer(w, m.cfg.probs.keyInUse, ceilSeconds(rec.LeaseLeft), ev)
+	default:
+		resp, err := DecodeResponse(rec.Result)
+		if err != nil {
+			ev.Outcome, ev.Err = OutcomeStoreError, err
+			m.answer(w, m.cfg.probs.storeUnavailable, m.cfg.storeRetryAfter, ev)
+			return
+		}
+		if resp.BodyOmitted {
+			ev.Outcome = OutcomeNotReplayable
+			m.answer(w, probNotReplayable(resp.Status), 0, ev)
+			return
+		}
+		ev.Outcome, ev.Status = OutcomeReplayed, resp.Status
+		m.cfg.report(ev)
+		writeReplay(w, resp)
+	}
+}
+
+// answer reports ev and sends the problem p.
+func (m *Middleware) answer(w http.ResponseWriter, p rendered, retryAfter int, ev Event) {
+	ev.Status, ev.Problem = p.status, p.typ
+	if ev.Outcome == OutcomeRejected {
+		ev.Reason = p.detail
+	}
+	m.cfg.report(ev)
+	writeProblem(w, p, retryAfter)
 }

@@ -1,5 +1,10 @@
 package idem
 
+// The engine: claim, lease renewal, complete or release, shared by the
+// middleware (middleware.go) and the Runner (runner.go). decide says what a
+// caller that found a record gets; the lease type says when an owner gives
+// its key up.
+
 import (
 	"context"
 	"crypto/rand"
