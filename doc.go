@@ -29,7 +29,7 @@
 //
 // Keys are scoped (WithScope), so two accounts using the same key never
 // see each other's records. The flow is also available without HTTP, for
-// job workers and queue consumers: see Do.
+// job workers and queue consumers: see Runner (and Do).
 //
 // Stores live in sub-packages, so importing idem compiles no Redis or SQL
 // code: memstore (in-process), redisstore (go-redis v9: single node,
