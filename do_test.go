@@ -77,7 +77,7 @@ func TestDoKeysApartFromHTTPKeys(t *testing.T) {
 	h := &payments{}
 	mw := idem.New(st)(h)
 	do(mw, "POST", "/", "shared", "")
-	for _, key := range []string{"shared", "|shared", idem.StoredKeyForTest("", "shared")} {
+	for _, key := range []string{"shared", "|shared", idem.StoreKey("", "shared")} {
 		ran := false
 		res, err := idem.Do(context.Background(), st, key, idem.Fingerprint(newPost(), nil), func(context.Context) ([]byte, error) { ran = true; return []byte("job"), nil })
 		if err != nil || !ran || string(res) != "job" {

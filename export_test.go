@@ -10,8 +10,5 @@ func SetReplayCacheClock(m *Middleware, now func() time.Time) { m.cache.now = no
 // and the bytes they count for.
 func ReplayCacheStats(m *Middleware) (entries int, bytes int64) { return m.cache.stats() }
 
-// StoredKeyForTest names the store key of an HTTP request's key under scope.
-func StoredKeyForTest(scope, key string) string { return scopedKey(scope, key) }
-
 // JobKeyForTest names the store key of a key of Do.
 func JobKeyForTest(key string) string { return jobKeyPrefix + key }
