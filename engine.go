@@ -156,7 +156,8 @@ func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string, 
 // cause ErrLockLost when the lease is lost. A kept result is stored (stored
 // is true); otherwise the key is released. If w panics, the key is released
 // and the panic goes on. The error is ErrLockLost when the lease was lost
-// while w ran, or the store's error from Complete.
+// while w ran (also for a result that was not to be kept), or the store's
+// error from Complete.
 func (e *engine) execute(ctx context.Context, key, token string, since time.Time, l *lease, ev Event, w work) (result []byte, stored bool, err error) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -181,12 +182,19 @@ func (e *engine) execute(ctx context.Context, key, token string, since time.Time
 	}()
 	result, keep := w.run(wctx)
 	returned = true
-	if lost := l.stop(); lost != nil {
+	lost := l.stop()
+	if !keep {
+		// Nothing is to be recorded, so the key is released whether or not
+		// the lease was lost; the release is fenced, and a lost lease makes
+		// its ErrLockLost expected.
+		if err := e.release(ctx, key, token); err != nil && (lost == nil || !errors.Is(err, ErrLockLost)) {
+			ev.Outcome, ev.Err = OutcomeReleaseFailed, err
+			e.cfg.report(ev)
+		}
 		return result, false, lost
 	}
-	if !keep {
-		e.releaseReported(ctx, key, token, ev)
-		return result, false, nil
+	if lost != nil {
+		return result, false, lost
 	}
 	return result, true, e.complete(ctx, key, token, result)
 }

@@ -103,7 +103,10 @@ type Event struct {
 	Stored bool
 	// Err is the store's error for OutcomeStoreError, OutcomeLockLost,
 	// OutcomeRenewFailed and OutcomeReleaseFailed, and describes the panic
-	// for OutcomePanic. It is never sent to the client.
+	// for OutcomePanic. For OutcomeExecuted with Stored false it may hold
+	// ErrLockLost: the lease was lost while a response that was not to be
+	// recorded (a 5xx) ran, and the client got that response. It is never
+	// sent to the client.
 	Err error
 	// Request is the request, or nil for Do.
 	Request *http.Request

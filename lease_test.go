@@ -214,3 +214,24 @@ func TestFailedRenewalReported(t *testing.T) {
 		t.Fatalf("renew_failed events %+v, want 2 with the key and the store's error", failed)
 	}
 }
+
+// A response that is not to be recorded (a 5xx) reaches the client as the
+// handler wrote it even when the lease was lost while it ran: nothing was
+// to be recorded, so the loss changes nothing for the client. The event
+// keeps the loss.
+func TestLostLeaseKeepsUnrecordedResponse(t *testing.T) {
+	st, _ := newCountingStore(t)
+	st.set(func(s *countingStore) { s.renewErr = idem.ErrLockLost })
+	var ev events
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // until the lease is lost
+		http.Error(w, "upstream failed", http.StatusBadGateway)
+	})
+	w := do(idem.New(st, idem.WithLockTTL(300*time.Millisecond), idem.WithHook(ev.hook))(h), "POST", "/", "k", "")
+	if w.Code != http.StatusBadGateway || w.Body.String() != "upstream failed\n" {
+		t.Fatalf("client got %d %q, want the handler's 502", w.Code, w.Body)
+	}
+	if e := ev.last(); e.Outcome != idem.OutcomeExecuted || e.Stored || !errors.Is(e.Err, idem.ErrLockLost) {
+		t.Fatalf("hook saw %v stored=%v err=%v, want executed, not stored, with ErrLockLost", e.Outcome, e.Stored, e.Err)
+	}
+}

@@ -78,6 +78,7 @@ type request struct {
 	// cancelled: the handler wrote nothing while its request context was
 	// done; nothing is recorded.
 	cancelled bool
+	kept      bool          // the response was to be recorded
 	ran       time.Duration // how long the handler ran
 	fp        string
 	asked     time.Time // before the claim, for the replay cache
@@ -155,6 +156,12 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 	if stored && err == nil {
 		m.cache.addResult(skey, q.fp, result, cfg.ttl, q.asked)
 	}
+	if err != nil && !q.kept && errors.Is(err, ErrLockLost) {
+		// The response was not to be recorded (a 5xx, say): the lost lease
+		// changes nothing for the client, who gets the handler's answer as
+		// under net/http. The event keeps the loss in Err.
+		ev.Outcome, err = OutcomeExecuted, nil
+	}
 	c := q.c
 	if c.streaming {
 		// Already sent; nothing more can be said to the client.
@@ -216,6 +223,7 @@ func (q *request) run(ctx context.Context) ([]byte, bool) {
 	if !q.c.streaming && !q.m.cfg.keep(q.c.status) && !q.info.committed.Load() {
 		return nil, false
 	}
+	q.kept = true
 	return q.c.record(), true
 }
 
