@@ -258,6 +258,12 @@ func (a *app) lastEvent(key string) (idem.Event, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for i := len(a.events) - 1; i >= 0; i-- {
+		switch a.events[i].Outcome {
+		case idem.OutcomeRenewFailed, idem.OutcomeReleaseFailed:
+			// Not a request's outcome: reported on their own, by the lease
+			// or by a release in the background, possibly after it.
+			continue
+		}
 		if a.events[i].Key == key {
 			return a.events[i], true
 		}
