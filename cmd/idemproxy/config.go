@@ -86,7 +86,7 @@ type defaults struct {
 	ttl, lockTTL time.Duration
 	storeTimeout time.Duration
 	maxBody      int64
-	maxResponse  int
+	maxResponse  int64
 	scope        func(*http.Request) string
 	logger       *slog.Logger
 	hook         func(idem.Event)
@@ -106,7 +106,11 @@ func (r routeConfig) options(d defaults) []idem.Option {
 		idem.WithLockTTL(lockTTL),
 		idem.WithMaxBodySize(d.maxBody),
 		idem.WithMaxResponseSize(d.maxResponse),
-		idem.WithStoreTimeout(d.storeTimeout),
+	}
+	if d.storeTimeout != 0 {
+		// Unset, idem's default applies: 2s, or a third of a shorter lock
+		// TTL. Set, it must fit in a third of every route's lock TTL.
+		opts = append(opts, idem.WithStoreTimeout(d.storeTimeout))
 	}
 	if d.scope != nil {
 		opts = append(opts, idem.WithScope(d.scope))

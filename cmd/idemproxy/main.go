@@ -75,8 +75,8 @@ func run(args []string) error {
 	adminAddr := fs.String("admin-addr", "", "listen address of the admin endpoints (/healthz, /metrics, /keys/{key}); empty: none; keep it private")
 	upstreamTimeout := fs.Duration("upstream-timeout", 60*time.Second, "how long to wait for the upstream's response headers")
 	maxBody := fs.Int64("max-body", idem.DefaultMaxBodySize, "largest request body of a keyed request, in bytes")
-	maxResponse := fs.Int("max-response", idem.DefaultMaxResponseSize, "largest response body kept for replay, in bytes")
-	storeTimeout := fs.Duration("store-timeout", idem.DefaultStoreTimeout, "bound of every store call")
+	maxResponse := fs.Int64("max-response", idem.DefaultMaxResponseSize, "largest response body kept for replay, in bytes")
+	storeTimeout := fs.Duration("store-timeout", 0, "bound of every store call, at most a third of the lock TTL (default 2s, or a third of the lock TTL if shorter)")
 	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, how long requests in flight may take to finish")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
