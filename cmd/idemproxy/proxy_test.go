@@ -159,7 +159,7 @@ func TestProxyForwardsKeyAndRequest(t *testing.T) {
 }
 
 // The scope header is digested: its value appears in no log line, even at
-// debug level, which logs every outcome with its scope.
+// debug level, which logs every outcome with a digest of its scope.
 func TestScopeHeaderNeverLogged(t *testing.T) {
 	b := startGoBackend(t)
 	db := filepath.Join(t.TempDir(), "idem.db")
@@ -175,8 +175,8 @@ func TestScopeHeaderNeverLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := p.stderr.String()
-	if !strings.Contains(logs, `"scope":"`) {
-		t.Fatalf("no scope logged at debug level; logs:\n%s", logs)
+	if !strings.Contains(logs, `"scope_digest":"`) {
+		t.Fatalf("no scope digest logged at debug level; logs:\n%s", logs)
 	}
 	if strings.Contains(logs, "sk_live") {
 		t.Fatalf("the Authorization value is in the logs:\n%s", logs)
