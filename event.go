@@ -76,6 +76,14 @@ var outcomeNames = [...]string{
 	OutcomePanic:         "panic",
 }
 
+// Final reports whether o is a request's own outcome: every keyed request
+// (and every call of Do) reports exactly one final outcome. The others,
+// OutcomeRenewFailed and OutcomeReleaseFailed, are incidents reported
+// besides it; counting requests means counting final outcomes only.
+func (o Outcome) Final() bool {
+	return o != OutcomeRenewFailed && o != OutcomeReleaseFailed
+}
+
 // String returns the outcome's snake_case name, as logged.
 func (o Outcome) String() string {
 	if int(o) < len(outcomeNames) && outcomeNames[o] != "" {

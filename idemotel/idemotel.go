@@ -21,6 +21,7 @@
 // Metrics (the Meter is named "github.com/idemgo/idem/idemotel"):
 //
 //	idem.requests           counter     {idem.outcome, http.route}
+//	idem.incidents          counter     {idem.kind, http.route}: renew_failed, release_failed
 //	idem.handler.duration   histogram s {http.route}
 //	idem.store.duration     histogram s {idem.operation, idem.result}
 //	idem.keys.in_flight     gauge       keys claimed by this process and running
@@ -48,12 +49,13 @@ const ScopeName = "github.com/idemgo/idem/idemotel"
 
 // Instrumentation reports to OpenTelemetry. Create it with New.
 type Instrumentation struct {
-	tracer   trace.Tracer
-	requests metric.Int64Counter
-	handler  metric.Float64Histogram
-	store    metric.Float64Histogram
-	route    func(*http.Request) string
-	owned    *owned
+	tracer    trace.Tracer
+	requests  metric.Int64Counter
+	incidents metric.Int64Counter
+	handler   metric.Float64Histogram
+	store     metric.Float64Histogram
+	route     func(*http.Request) string
+	owned     *owned
 }
 
 // Option configures New.
@@ -102,6 +104,10 @@ func New(opts ...Option) (*Instrumentation, error) {
 	if err != nil {
 		return nil, err
 	}
+	in.incidents, err = meter.Int64Counter("idem.incidents", metric.WithDescription("Failed lease renewals and key releases, reported besides the request's outcome."))
+	if err != nil {
+		return nil, err
+	}
 	in.handler, err = meter.Float64Histogram("idem.handler.duration", metric.WithUnit("s"), metric.WithDescription("Time the handler ran under a key."))
 	if err != nil {
 		return nil, err
@@ -129,6 +135,19 @@ func (in *Instrumentation) Hook(ev idem.Event) {
 	if ev.Request != nil {
 		ctx = ev.Request.Context()
 		route = in.route(ev.Request)
+	}
+	if !ev.Outcome.Final() {
+		// An incident besides the request's outcome: its own counter and a
+		// span event, never the request's outcome attribute.
+		kind := attribute.String("idem.kind", ev.Outcome.String())
+		in.incidents.Add(ctx, 1, metric.WithAttributes(kind, attribute.String("http.route", route)))
+		if span := trace.SpanFromContext(ctx); span.IsRecording() {
+			span.AddEvent("idem.incident", trace.WithAttributes(kind))
+			if ev.Err != nil {
+				span.RecordError(ev.Err)
+			}
+		}
+		return
 	}
 	outcome := attribute.String("idem.outcome", ev.Outcome.String())
 	in.requests.Add(ctx, 1, metric.WithAttributes(outcome, attribute.String("http.route", route)))

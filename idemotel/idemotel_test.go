@@ -319,3 +319,66 @@ func TestKeysInFlightAfterResentClaim(t *testing.T) {
 		t.Fatalf("claim spans say %q, want one that says won", claims)
 	}
 }
+
+// releaseFailingStore cannot release a key.
+type releaseFailingStore struct{ idem.Store }
+
+func (releaseFailingStore) Release(context.Context, string, string) error {
+	return errors.New("store down")
+}
+
+// A failed release is an incident besides the request's outcome: the
+// request span keeps outcome executed and gains an idem.incident event, and
+// idem.requests counts the request once.
+func TestIncidentsAreNotRequests(t *testing.T) {
+	store := memstore.New()
+	defer store.Close()
+	r := setup(t, releaseFailingStore{store}, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError) // released, not kept
+	}))
+	if s := r.post(t, "k", "a"); s != 500 {
+		t.Fatalf("status %d, want 500", s)
+	}
+	roots := r.roots()
+	if len(roots) != 1 {
+		t.Fatalf("%d request spans, want 1", len(roots))
+	}
+	if o, _ := attr(roots[0].Attributes(), "idem.outcome"); o.AsString() != "executed" {
+		t.Fatalf("idem.outcome = %q, want executed", o.AsString())
+	}
+	incidents := 0
+	for _, e := range roots[0].Events() {
+		if k, _ := attr(e.Attributes, "idem.kind"); e.Name == "idem.incident" && k.AsString() == "release_failed" {
+			incidents++
+		}
+	}
+	if incidents != 1 {
+		t.Fatalf("%d idem.incident events of kind release_failed, want 1", incidents)
+	}
+	var rm metricdata.ResourceMetrics
+	if err := r.reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var requests, counted int64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			d, ok := m.Data.(metricdata.Sum[int64])
+			if !ok {
+				continue
+			}
+			for _, p := range d.DataPoints {
+				switch m.Name {
+				case "idem.requests":
+					requests += p.Value
+				case "idem.incidents":
+					if k, _ := p.Attributes.Value("idem.kind"); k.AsString() == "release_failed" {
+						counted += p.Value
+					}
+				}
+			}
+		}
+	}
+	if requests != 1 || counted != 1 {
+		t.Fatalf("idem.requests = %d, idem.incidents{release_failed} = %d; want 1 and 1", requests, counted)
+	}
+}

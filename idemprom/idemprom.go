@@ -1,6 +1,7 @@
 // Package idemprom exports the idem middleware's metrics to Prometheus:
 //
 //	idem_requests_total{route, outcome}                 counter
+//	idem_incidents_total{route, kind}                   counter
 //	idem_handler_duration_seconds{route}                histogram
 //	idem_store_call_duration_seconds{operation, result} histogram
 //	idem_keys_in_flight                                 gauge
@@ -33,11 +34,12 @@ import (
 // Metrics records the metrics of one or more middlewares. Create it with
 // New; it is safe for concurrent use.
 type Metrics struct {
-	requests *prometheus.CounterVec
-	handler  *prometheus.HistogramVec
-	store    *prometheus.HistogramVec
-	owned    *owned
-	route    func(*http.Request) string
+	requests  *prometheus.CounterVec
+	incidents *prometheus.CounterVec
+	handler   *prometheus.HistogramVec
+	store     *prometheus.HistogramVec
+	owned     *owned
+	route     func(*http.Request) string
 }
 
 // Option configures Metrics.
@@ -100,6 +102,10 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 		Namespace: c.namespace, Name: "idem_requests_total", ConstLabels: c.constLabels,
 		Help: "Keyed requests (and Do calls) by route and outcome.",
 	}, []string{"route", "outcome"})
+	m.incidents = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: c.namespace, Name: "idem_incidents_total", ConstLabels: c.constLabels,
+		Help: "Failed lease renewals and key releases, by route and kind (renew_failed, release_failed); reported besides the request's outcome.",
+	}, []string{"route", "kind"})
 	m.handler = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: c.namespace, Name: "idem_handler_duration_seconds", ConstLabels: c.constLabels,
 		Help:    "Time the handler ran under a key, by route.",
@@ -114,7 +120,7 @@ func New(reg prometheus.Registerer, opts ...Option) (*Metrics, error) {
 		Namespace: c.namespace, Name: "idem_keys_in_flight", ConstLabels: c.constLabels,
 		Help: "Keys this process has claimed and is running the handler for.",
 	}, func() float64 { return float64(m.owned.count()) })
-	for _, col := range []prometheus.Collector{m.requests, m.handler, m.store, inflight} {
+	for _, col := range []prometheus.Collector{m.requests, m.incidents, m.handler, m.store, inflight} {
 		if err := reg.Register(col); err != nil {
 			return nil, err
 		}
@@ -128,6 +134,10 @@ func (m *Metrics) Hook(ev idem.Event) {
 	route := ""
 	if m.route != nil && ev.Request != nil {
 		route = m.route(ev.Request)
+	}
+	if !ev.Outcome.Final() {
+		m.incidents.WithLabelValues(route, ev.Outcome.String()).Inc()
+		return
 	}
 	m.requests.WithLabelValues(route, ev.Outcome.String()).Inc()
 	if ev.HandlerDuration > 0 {

@@ -242,6 +242,50 @@ func counter(t *testing.T, reg *prometheus.Registry, outcome string) prometheus.
 	return nil
 }
 
+// releaseFailingStore cannot release a key.
+type releaseFailingStore struct{ idem.Store }
+
+func (releaseFailingStore) Release(context.Context, string, string) error {
+	return errors.New("store down")
+}
+
+// A failed release is an incident besides the request's own outcome: the
+// request is counted once, as executed, and the release in its own series.
+func TestIncidentsAreNotRequests(t *testing.T) {
+	store := memstore.New()
+	defer store.Close()
+	failing := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError) // a 5xx is released, not kept
+	})
+	reg, _, srv := setup(t, releaseFailingStore{store}, failing)
+	if s := post(t, srv.URL+"/p", "k", "x"); s != 500 {
+		t.Fatalf("status %d, want 500", s)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests, incidents float64
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "idem_requests_total":
+				requests += m.GetCounter().GetValue()
+			case "idem_incidents_total":
+				if hasLabels(m, map[string]string{"kind": "release_failed", "route": "/p"}) {
+					incidents += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if requests != 1 || testutil.ToFloat64(counter(t, reg, "executed")) != 1 {
+		t.Fatalf("idem_requests_total sums to %v, want the one executed request", requests)
+	}
+	if incidents != 1 {
+		t.Fatalf("idem_incidents_total{kind=release_failed} = %v, want 1", incidents)
+	}
+}
+
 func TestRegisteringTwiceFails(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	if _, err := idemprom.New(reg); err != nil {
