@@ -158,9 +158,25 @@ func (e *engine) claimOnce(ctx context.Context, key, token, fingerprint string, 
 // and the panic goes on. The error is ErrLockLost when the lease was lost
 // while w ran (also for a result that was not to be kept), or the store's
 // error from Complete.
+//
+// With a WorkStore, w runs inside a unit of work begun after the claim:
+// a kept result is committed with it, and anything else rolls it back
+// before the key is released. If the unit cannot begin, the key is
+// released, w does not run, and the error is a *beginError.
 func (e *engine) execute(ctx context.Context, key, token string, since time.Time, l *lease, ev Event, w work) (result []byte, stored bool, err error) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	var unit Work
+	if ws, ok := e.store.(WorkStore); ok {
+		sctx := e.storeCtx(ctx)
+		unit, err = ws.BeginWork(sctx, key, token)
+		sctx.cancel()
+		if err != nil {
+			e.releaseReported(ctx, key, token, ev)
+			return nil, false, &beginError{err: err}
+		}
+		wctx = unit.Context(wctx)
+	}
 	l.start(e, ctx, key, token, since, cancel, ev)
 	returned := false
 	defer func() {
@@ -172,6 +188,7 @@ func (e *engine) execute(ctx context.Context, key, token string, since time.Time
 		// original panic on the stack for whoever recovers it.
 		r := recover()
 		l.stop()
+		e.rollback(unit)
 		e.releaseReported(ctx, key, token, ev)
 		if r == nil {
 			return // runtime.Goexit (panic(nil) carries a *runtime.PanicNilError)
@@ -183,6 +200,9 @@ func (e *engine) execute(ctx context.Context, key, token string, since time.Time
 	result, keep := w.run(wctx)
 	returned = true
 	lost := l.stop()
+	if !keep || lost != nil {
+		e.rollback(unit)
+	}
 	if !keep {
 		// Nothing is to be recorded, so the key is released whether or not
 		// the lease was lost; the release is fenced, and a lost lease makes
@@ -196,7 +216,51 @@ func (e *engine) execute(ctx context.Context, key, token string, since time.Time
 	if lost != nil {
 		return result, false, lost
 	}
+	if unit != nil {
+		err := e.commit(ctx, key, token, unit, result, ev)
+		return result, err == nil, err
+	}
 	return result, true, e.complete(ctx, key, token, result)
+}
+
+// beginError is the error of execute when the unit of work of a WorkStore
+// could not begin: the work did not run.
+type beginError struct{ err error }
+
+func (e *beginError) Error() string { return "idem: beginning the unit of work: " + e.err.Error() }
+func (e *beginError) Unwrap() error { return e.err }
+
+// commit records result in unit and commits it. It is tried once: a unit
+// that failed cannot be committed again. After a failure the unit is
+// rolled back and, since none of the work was kept, the key is released
+// for a retry to run it again; a lost key is another owner's and stays.
+// The release is fenced: if a commit reported as failed did land, the key
+// is completed and the release changes nothing.
+func (e *engine) commit(ctx context.Context, key, token string, unit Work, result []byte, ev Event) error {
+	sctx := e.storeCtx(ctx)
+	err := unit.Commit(sctx, result, e.cfg.ttl)
+	sctx.cancel()
+	if err == nil {
+		return nil
+	}
+	e.rollback(unit)
+	if !errors.Is(err, ErrLockLost) {
+		if rerr := e.release(ctx, key, token); rerr != nil && !errors.Is(rerr, ErrLockLost) {
+			ev.Outcome, ev.Err = OutcomeReleaseFailed, rerr
+			e.cfg.report(ev)
+		}
+	}
+	return err
+}
+
+// rollback ends a unit of work (if any) that is not to be committed. A
+// failure leaves nothing to do: the unit is not committed, and the store
+// discards it.
+func (e *engine) rollback(unit Work) {
+	if unit == nil {
+		return
+	}
+	unit.Rollback() //nolint:errcheck // see above
 }
 
 // complete stores result, trying again twice after a store error: the

@@ -163,6 +163,13 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 		ev.Outcome, err = OutcomeExecuted, nil
 	}
 	c := q.c
+	var begin *beginError
+	if errors.As(err, &begin) {
+		// The store could not begin the handler's unit of work: the
+		// handler did not run and the key is released.
+		m.answer(w, cfg.probs.storeUnavailable, cfg.storeRetryAfter, ev)
+		return
+	}
 	if c.streaming {
 		// Already sent; nothing more can be said to the client.
 		ev.Status = c.status
@@ -172,8 +179,9 @@ func (q *request) execute(w http.ResponseWriter, r *http.Request, skey, token st
 	if err != nil {
 		// The handler ran but its response is not recorded: sending it would
 		// give the client an answer that a retry cannot get again. The key
-		// stays locked until its lease ends. The answer carries the headers
-		// of the outer handlers, not the handler's.
+		// stays locked until its lease ends (with a WorkStore, whose unit of
+		// work was rolled back, it is released). The answer carries the
+		// headers of the outer handlers, not the handler's.
 		c.restoreOuter()
 		m.answer(w, cfg.probs.notRecorded, cfg.lockRetryAfter, ev)
 		return

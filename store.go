@@ -100,3 +100,54 @@ type Store interface {
 	// returns ErrLockLost.
 	Renew(ctx context.Context, key, token string, lease time.Duration) error
 }
+
+// WorkStore is a Store that can run an owner's work inside a unit of work
+// of its own, such as a transaction of the database that holds the
+// records, so that the work's writes to that database and the completed
+// record become durable together or not at all.
+//
+// When the Store given to the middleware or a Runner implements WorkStore,
+// every owner of a key, once its Claim has succeeded, begins a Work with
+// BeginWork and runs the handler (or the Runner's work) on the context that
+// Work.Context returns, where the store's package lets the work find the
+// unit (for sqlstore, TxFromContext). Then:
+//
+//   - A result that is to be kept is recorded by Work.Commit, inside the
+//     unit and fenced by the owner's token, before anything is sent. If
+//     Commit fails, the unit is rolled back, the key is released (unless
+//     the failure was ErrLockLost: the key is then someone else's) and the
+//     caller is told that nothing was recorded; since nothing of the work
+//     was kept either, a retry runs it again safely.
+//   - A result that is not to be kept (an error status, a failed Runner
+//     work, a client that hung up, a panic) rolls the unit back, then
+//     releases the key as usual.
+//   - If BeginWork fails, the key is released and the caller gets a store
+//     error; the work does not run.
+//
+// A process killed before Commit has committed leaves nothing of the
+// work's unit behind, and the key comes free when its lease ends. The
+// unit must not touch the key's record before Commit, so that a duplicate
+// request meets the committed in-progress record at once rather than
+// waiting for the unit. Effects outside the unit (calls to other services)
+// are not covered: they still need the other side to deduplicate.
+type WorkStore interface {
+	Store
+	// BeginWork begins a unit of work for the owner (token) of key. ctx
+	// bounds the call; the unit itself lives until Commit or Rollback.
+	BeginWork(ctx context.Context, key, token string) (Work, error)
+}
+
+// Work is a unit of work begun by WorkStore.BeginWork. Exactly one of
+// Commit (when it returns nil) and Rollback ends it.
+type Work interface {
+	// Context returns a child of ctx that carries the unit, for the work
+	// to find through the store's package.
+	Context(ctx context.Context) context.Context
+	// Commit records result as Complete would (fenced by the owner's token,
+	// kept for ttl) inside the unit and then makes the unit durable. It
+	// returns ErrLockLost, keeping nothing, if the owner no longer holds
+	// the key. After an error the caller calls Rollback.
+	Commit(ctx context.Context, result []byte, ttl time.Duration) error
+	// Rollback discards the unit. It is safe to call after a failed Commit.
+	Rollback() error
+}
