@@ -8,6 +8,7 @@
 //	go run ./example -store 'redis-cluster://127.0.0.1:7000?addr=127.0.0.1:7001'
 //	go run ./example -store postgres://user@127.0.0.1:5432/db?sslmode=disable
 //	go run ./example -store mysql://user:pass@127.0.0.1:3306/db  # MySQL, MariaDB
+//	go run ./example -store sqlite:/tmp/idem.db -ledger sql  # payments as rows, exactly once
 //
 // -replay-cache 67108864 answers replays from 64 MiB of memory with no store
 // call (idem.WithReplayCache).
@@ -51,6 +52,7 @@ func run(args []string) error {
 	ttl := fs.Duration("ttl", 24*time.Hour, "how long completed responses are kept for replay")
 	lockTTL := fs.Duration("lock-ttl", 30*time.Second, "lease of an in-flight request")
 	metrics := fs.Bool("metrics", false, "serve Prometheus metrics on GET /metrics")
+	ledgerKind := fs.String("ledger", "memory", "where payments are kept: memory (in the process) or sql (rows in the database of a SQL -store, written in the transaction that records each response: exactly once)")
 	adminAddr := fs.String("admin", "", "listen address of the key inspection endpoints (off when empty); keep it private")
 	var level slog.Level
 	fs.TextVar(&level, "log-level", slog.LevelDebug, "lowest level logged: debug logs every outcome, info conflicts, mismatches and refusals, error store failures")
@@ -65,6 +67,13 @@ func run(args []string) error {
 	if err := storeurl.CheckRedisClient(*redisClient); err != nil {
 		return err
 	}
+	switch {
+	case *ledgerKind != "memory" && *ledgerKind != "sql":
+		return fmt.Errorf("-ledger %q: want memory or sql", *ledgerKind)
+	case *ledgerKind == "sql" && *metrics:
+		// The metrics wrapper would hide the transactional store.
+		return errors.New("-ledger sql does not go with -metrics")
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -78,6 +87,14 @@ func run(args []string) error {
 		return err
 	}
 	defer closeStore()
+	if *ledgerKind == "sql" {
+		openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		store, err = transactionalLedger(openCtx, store)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 
 	handler, err := newService(store, *ttl, *lockTTL, logger, *metrics, *replayCache)
 	if err != nil {

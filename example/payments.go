@@ -37,11 +37,13 @@ type paymentRequest struct {
 	Fail     bool    `json:"fail"`
 }
 
-// service is the payments API. Its ledger lives in the process; the
-// idempotency records live in the store, which several processes may share.
+// service is the payments API. Its ledger lives in the process, or with
+// -ledger sql in the store's database (sql); the idempotency records live
+// in the store, which several processes may share.
 type service struct {
 	mu         sync.Mutex
 	payments   []payment
+	sql        *sqlLedger
 	executions atomic.Int64
 }
 
@@ -52,6 +54,7 @@ type service struct {
 // served on GET /metrics. A positive replayCache turns on idem's replay
 // cache with that many bytes.
 func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logger, metrics bool, replayCache int64) (http.Handler, error) {
+	ledger := ledgerOf(store)
 	opts := []idem.Option{
 		idem.WithTTL(ttl),
 		idem.WithLockTTL(lockTTL),
@@ -77,7 +80,7 @@ func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	s := &service{}
+	s := &service{sql: ledger}
 	r := chi.NewRouter()
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -119,6 +122,17 @@ func (s *service) create(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusBadRequest, "Missing field", "Both \"amount\" (an integer) and \"currency\" (a string) are required.")
 		return
 	}
+	p := payment{ID: newID(), Amount: *req.Amount, Currency: *req.Currency, Created: time.Now().UTC().Format(time.RFC3339Nano)}
+	if s.sql != nil {
+		// Written first, in the request's transaction: a delay, a failure
+		// or a crash after it shows that the row commits with the
+		// response or not at all.
+		if err := s.sql.add(r, p); err != nil {
+			slog.Error("writing the payment failed", "err", err)
+			writeProblem(w, http.StatusInternalServerError, "Payment failed", "The payment could not be written; nothing was charged. Retry with the same key.")
+			return
+		}
+	}
 	if req.DelayMS > 0 {
 		time.Sleep(time.Duration(req.DelayMS) * time.Millisecond)
 	}
@@ -126,10 +140,11 @@ func (s *service) create(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusInternalServerError, "Payment failed", "The payment provider failed; nothing was charged. Retry with the same key.")
 		return
 	}
-	p := payment{ID: newID(), Amount: *req.Amount, Currency: *req.Currency, Created: time.Now().UTC().Format(time.RFC3339Nano)}
-	s.mu.Lock()
-	s.payments = append(s.payments, p)
-	s.mu.Unlock()
+	if s.sql == nil {
+		s.mu.Lock()
+		s.payments = append(s.payments, p)
+		s.mu.Unlock()
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Location", "/payments/"+p.ID)
 	w.WriteHeader(http.StatusCreated)
@@ -140,6 +155,14 @@ func (s *service) list(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	list := append([]payment{}, s.payments...)
 	s.mu.Unlock()
+	if s.sql != nil {
+		var err error
+		if list, err = s.sql.list(r.Context()); err != nil {
+			slog.Error("listing payments failed", "err", err)
+			writeProblem(w, http.StatusServiceUnavailable, "Ledger unavailable", "The payments could not be read. Retry later.")
+			return
+		}
+	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(struct {
 		Count      int       `json:"count"`

@@ -58,6 +58,9 @@ func (s *Store) Transactional(opts *sql.TxOptions) *TxStore {
 // DB returns the database the Store keeps its records in.
 func (s *Store) DB() *sql.DB { return s.db }
 
+// Dialect returns the dialect the Store speaks.
+func (s *Store) Dialect() Dialect { return s.dialect }
+
 // BeginWork implements idem.WorkStore: it takes a connection from the pool
 // (within ctx) and begins a transaction on it. The transaction is not
 // bound to ctx: it ends when the middleware commits or rolls it back.
