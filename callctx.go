@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/idemgo/idem/internal/clock"
 )
 
 // callCtx is the context of one store call: the values of the request's
@@ -16,18 +18,19 @@ import (
 // go-redis for its socket deadlines) then cost no timer.
 type callCtx struct {
 	parent   context.Context
+	clk      clock.Clock // nil for the real one
 	deadline time.Time
 
 	mu    sync.Mutex
 	done  chan struct{}
-	timer *time.Timer
+	timer clock.Timer
 	err   error
 }
 
-func newCallCtx(parent context.Context, timeout time.Duration) *callCtx {
+func newCallCtx(parent context.Context, clk clock.Clock, timeout time.Duration) *callCtx {
 	// WithoutCancel also hides the parent's cancellation cause from
 	// context.Cause.
-	return &callCtx{parent: context.WithoutCancel(parent), deadline: time.Now().Add(timeout)}
+	return &callCtx{parent: context.WithoutCancel(parent), clk: clk, deadline: clock.Now(clk).Add(timeout)}
 }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, true }
@@ -40,8 +43,8 @@ func (c *callCtx) Done() <-chan struct{} {
 	if c.done == nil {
 		c.done = make(chan struct{})
 		if c.err == nil {
-			if d := time.Until(c.deadline); d > 0 {
-				c.timer = time.AfterFunc(d, c.expire)
+			if d := clock.Until(c.clk, c.deadline); d > 0 {
+				c.timer = clock.AfterFunc(c.clk, d, c.expire)
 				return c.done
 			}
 			c.err = context.DeadlineExceeded
@@ -54,7 +57,7 @@ func (c *callCtx) Done() <-chan struct{} {
 func (c *callCtx) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil && !time.Now().Before(c.deadline) {
+	if c.err == nil && !clock.Now(c.clk).Before(c.deadline) {
 		c.end(context.DeadlineExceeded)
 	}
 	return c.err

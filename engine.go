@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/idemgo/idem/internal/clock"
 )
 
 // engine runs the flow shared by Do and the middleware: claim, lease
@@ -25,6 +27,13 @@ type engine struct {
 	cfg   *config
 	// bg bounds the releases of failed claims running in the background.
 	bg chan struct{}
+	// clk is the store's clock (see clock.Source), nil for the real one.
+	clk clock.Clock
+}
+
+// newEngine returns the engine of a middleware or Runner over store.
+func newEngine(store Store, cfg *config, bg chan struct{}) engine {
+	return engine{store: store, cfg: cfg, bg: bg, clk: clock.Of(store)}
 }
 
 // maxBackgroundReleases bounds the releases of failed claims that one
@@ -72,7 +81,7 @@ func outcomeOf(err error) Outcome {
 // cancellation, bounded by the store timeout. The caller calls its cancel
 // method when the call has returned.
 func (e *engine) storeCtx(ctx context.Context) *callCtx {
-	return newCallCtx(ctx, e.cfg.storeTimeout)
+	return newCallCtx(ctx, e.clk, e.cfg.storeTimeout)
 }
 
 // work is what execute runs as the owner of a key: it returns the result
@@ -95,28 +104,22 @@ func (f workFunc) run(ctx context.Context) ([]byte, bool) { return f(ctx) }
 // never outlasts the store's.
 func (e *engine) claim(ctx context.Context, key, fingerprint string, ev Event) (token string, rec *Record, since time.Time, err error) {
 	token = newToken()
-	since = time.Now()
+	since = clock.Now(e.clk)
 	rec, err = e.claimOnce(ctx, key, token, fingerprint, ev)
 	if e.cfg.wait <= 0 || err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
 		return token, rec, since, err
 	}
-	deadline := time.Now().Add(e.cfg.wait)
+	deadline := clock.Now(e.clk).Add(e.cfg.wait)
 	interval := 10 * time.Millisecond
-	timer := time.NewTimer(0)
-	<-timer.C
-	defer timer.Stop()
 	for {
-		pause := min(interval, rec.LeaseLeft, time.Until(deadline))
+		pause := min(interval, rec.LeaseLeft, clock.Until(e.clk, deadline))
 		if pause <= 0 {
 			return token, rec, since, nil
 		}
-		timer.Reset(pause)
-		select {
-		case <-ctx.Done():
+		if !clock.Sleep(e.clk, ctx, pause) {
 			return token, rec, since, nil
-		case <-timer.C:
 		}
-		since = time.Now()
+		since = clock.Now(e.clk)
 		rec, err = e.claimOnce(ctx, key, token, fingerprint, ev)
 		if err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
 			return token, rec, since, err
@@ -270,7 +273,7 @@ func (e *engine) complete(ctx context.Context, key, token string, result []byte)
 	pauses := [...]time.Duration{0, 20 * time.Millisecond, 100 * time.Millisecond}
 	for _, pause := range pauses {
 		if pause > 0 {
-			time.Sleep(pause)
+			clock.Sleep(e.clk, context.Background(), pause)
 		}
 		sctx := e.storeCtx(ctx)
 		err = e.store.Complete(sctx, key, token, result, e.cfg.ttl)
@@ -311,13 +314,15 @@ func (e *engine) releaseInBackground(ctx context.Context, key, token string, ev 
 		return
 	}
 	ctx = context.WithoutCancel(ctx)
-	go func() {
+	// A timer of zero runs the release in a goroutine of its own, as go
+	// would, through the engine's clock.
+	clock.AfterFunc(e.clk, 0, func() {
 		defer func() { <-e.bg }()
 		if err := e.release(ctx, key, token); err != nil && !errors.Is(err, ErrLockLost) {
 			ev.Outcome, ev.Err = OutcomeReleaseFailed, err
 			e.cfg.report(ev)
 		}
-	}()
+	})
 }
 
 // panicError describes the value a panic carried.
@@ -350,7 +355,7 @@ type lease struct {
 	ev         Event // reports failed renewals
 
 	mu       sync.Mutex
-	timer    *time.Timer
+	timer    clock.Timer
 	stopped  bool
 	lost     error
 	deadline time.Time     // the owner holds the key until then
@@ -365,7 +370,7 @@ func (l *lease) start(e *engine, ctx context.Context, key, token string, since t
 	l.mu.Lock()
 	l.e, l.ctx, l.key, l.token, l.cancel, l.ev = e, ctx, key, token, cancel, ev
 	l.deadline = since.Add(e.cfg.lockTTL - e.cfg.leaseMargin)
-	l.timer = time.AfterFunc(time.Until(since.Add(e.cfg.renewEvery)), l.renew)
+	l.timer = clock.AfterFunc(e.clk, clock.Until(e.clk, since.Add(e.cfg.renewEvery)), l.renew)
 	l.mu.Unlock()
 }
 
@@ -385,8 +390,8 @@ func (l *lease) renewOnce() error {
 	if l.stopped || l.lost != nil {
 		return nil
 	}
-	cfg := l.e.cfg
-	sent := time.Now()
+	cfg, clk := l.e.cfg, l.e.clk
+	sent := clock.Now(clk)
 	left := l.deadline.Sub(sent)
 	if left <= 0 {
 		err := ErrLockLost
@@ -396,14 +401,14 @@ func (l *lease) renewOnce() error {
 		l.lose(err)
 		return nil
 	}
-	sctx := newCallCtx(l.ctx, min(cfg.storeTimeout, left))
+	sctx := newCallCtx(l.ctx, clk, min(cfg.storeTimeout, left))
 	err := l.e.store.Renew(sctx, l.key, l.token, cfg.lockTTL)
 	sctx.cancel()
 	switch {
 	case err == nil:
 		l.deadline = sent.Add(cfg.lockTTL - cfg.leaseMargin)
 		l.pause, l.lastErr = 0, nil
-		l.timer.Reset(time.Until(sent.Add(cfg.renewEvery)))
+		l.timer.Reset(clock.Until(clk, sent.Add(cfg.renewEvery)))
 	case errors.Is(err, ErrLockLost):
 		l.lose(err)
 	default:
@@ -411,7 +416,7 @@ func (l *lease) renewOnce() error {
 		// comes to that, gives the lease up.
 		l.lastErr = err
 		l.pause = min(max(2*l.pause, cfg.renewEvery/16), cfg.renewEvery/2)
-		next := min(l.pause, time.Until(l.deadline))
+		next := min(l.pause, clock.Until(clk, l.deadline))
 		l.timer.Reset(max(next, 0))
 		return err
 	}

@@ -44,7 +44,7 @@ func NewMiddleware(store Store, opts ...Option) (*Middleware, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Middleware{e: engine{store: store, cfg: cfg, bg: newBackgroundSlots()}, cfg: cfg, cache: newReplayCache(cfg.replayCache)}, nil
+	return &Middleware{e: newEngine(store, cfg, newBackgroundSlots()), cfg: cfg, cache: newReplayCache(cfg.replayCache)}, nil
 }
 
 // Handler wraps next. Requests whose method is protected (WithMethods) and

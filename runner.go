@@ -41,7 +41,7 @@ func newRunner(store Store, opts []Option, bg chan struct{}) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Runner{e: engine{store: store, cfg: cfg, bg: bg}}, nil
+	return &Runner{e: newEngine(store, cfg, bg)}, nil
 }
 
 // Do runs fn at most once per key among all callers that share the store,
