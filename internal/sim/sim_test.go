@@ -61,17 +61,37 @@ type client struct {
 	got     [][]byte
 }
 
-// disturbed reports whether e's owner could not know of its lease's end:
-// its process was paused, or the store's clock jumped forward, since its
-// claim was sent. Then only fencing protects the record.
-func (w *world) disturbed(e *execution) bool {
+// startedBlind reports whether e's owner could not know, as its work
+// started, that its lease had run out: its process was paused, or the
+// store's clock jumped forward, since its claim was sent. Then only fencing
+// protects the record.
+func (w *world) startedBlind(e *execution) bool {
 	for _, s := range e.p.paused {
 		if s.until.After(e.claimAt) && !s.from.After(w.now) {
 			return true
 		}
 	}
 	for _, j := range w.jumps {
-		if j.After(e.claimAt) || j.Equal(e.claimAt) {
+		if !j.Before(e.claimAt) {
+			return true
+		}
+	}
+	return false
+}
+
+// blind reports whether e's owner cannot know yet that its lease has run
+// out: its process is paused (or resumes only now), or the store's clock
+// jumped forward within the last lock TTL, which the owner counts on its
+// own clock. A store clock that merely runs fast (w.store.drift) is no
+// excuse: the lease margin is there for it.
+func (w *world) blind(e *execution) bool {
+	for _, s := range e.p.paused {
+		if !s.from.After(w.now) && !s.until.Before(w.now) {
+			return true
+		}
+	}
+	for _, j := range w.jumps {
+		if w.now.Sub(j) < w.cfg.lockTTL {
 			return true
 		}
 	}
@@ -88,7 +108,7 @@ func (w *world) startExec(a *actor, c *client, ctx context.Context) *execution {
 	w.byResult[e.result] = e
 	live := w.store.holds(e.key, e.token)
 	w.logf("%s starts execution %d of %s (tok=%s, live lease=%v)", a.name, e.id, e.key, shortTok(e.token), live)
-	if !live && !w.disturbed(e) {
+	if !live && !w.startedBlind(e) {
 		w.violate("execution %d of %s started without a live lease, and nothing kept its owner from knowing", e.id, e.key)
 	}
 	if !live {
@@ -105,7 +125,7 @@ func (w *world) startExec(a *actor, c *client, ctx context.Context) *execution {
 		if how := w.store.ended[o.token]; how != "expired" {
 			w.violate("execution %d of %s starts while execution %d still runs and its lease did not run out (it was %q)", e.id, e.key, o.id, how)
 		}
-		if !w.disturbed(o) && !errors.Is(context.Cause(o.ctx), idem.ErrLockLost) {
+		if !w.blind(o) && !errors.Is(context.Cause(o.ctx), idem.ErrLockLost) {
 			w.violate("execution %d of %s starts while execution %d still runs believing it holds the key (its context is not cancelled with ErrLockLost)", e.id, e.key, o.id)
 		}
 	}
@@ -339,6 +359,19 @@ func (w *world) setup() {
 		slot := w.draw(0, nprocs-1, "kill process")
 		w.at(epoch.Add(at), nil, func() { w.kill(w.slots[slot], "killed") })
 	}
+	for i, n := 0, w.draw(0, 2, "partitions"); i < n; i++ {
+		at := w.drawDur(0, 15*time.Second, "partition at")
+		slot := w.draw(0, nprocs-1, "partition process")
+		d := w.drawDur(100*time.Millisecond, 2*w.cfg.lockTTL, "partition length")
+		w.at(epoch.Add(at), nil, func() {
+			p := w.slots[slot]
+			p.cut = append(p.cut, span{w.now, w.now.Add(d)})
+			w.logf("process %d loses the store for %v", p.id, d)
+		})
+	}
+	// The store's clock runs up to 5% fast: the lease margin (a tenth)
+	// must cover it.
+	w.store.drift = float64(w.draw(0, 50, "store clock drift per mille")) / 1000
 	for i, n := 0, w.draw(0, 1, "clock jumps"); i < n; i++ {
 		at := w.drawDur(0, 15*time.Second, "jump at")
 		j := w.drawDur(0, 3*w.cfg.lockTTL, "jump") - w.cfg.lockTTL
@@ -396,7 +429,7 @@ func (w *world) final() {
 func (w *world) shutdown() {
 	w.stopping = true
 	for _, p := range w.slots {
-		p.dead = true
+		w.kill(p, "the run ends") // renewals first, as when a process dies
 	}
 	for _, a := range w.actors {
 		for !a.done {

@@ -33,11 +33,17 @@ type rec struct {
 type model struct {
 	w     *world
 	skew  time.Duration
+	drift float64
 	recs  map[string]*rec
 	ended map[string]string // token -> how its in-progress record ended
 }
 
-func (m *model) now() time.Time { return m.w.now.Add(m.skew) }
+// now is the store's clock: it runs drift faster than the virtual one and
+// has jumped by skew.
+func (m *model) now() time.Time {
+	d := m.w.now.Sub(epoch)
+	return epoch.Add(d + time.Duration(float64(d)*m.drift) + m.skew)
+}
 
 // get returns the live record of key, forgetting an expired one.
 func (m *model) get(key string) *rec {
@@ -226,6 +232,14 @@ func (w *world) scheduleCall(a *actor, c *call) {
 	d1 := w.drawDur(0, 50*time.Millisecond, "request delay")
 	d2 := w.drawDur(0, 50*time.Millisecond, "reply delay")
 	land, reply, errAt := true, true, false
+	if within(a.p.cut, w.now) {
+		// Cut off from the store: the command never lands; the caller
+		// gets no answer, or a refusal at once.
+		f = faultLostReply // [faultLostReply, faultLostRequest): lost on the way
+		if w.draw(0, 1, "partition refuses") == 1 {
+			f = faultLostRequest // [faultLostRequest, faultRefused): refused
+		}
+	}
 	switch {
 	case f < faultNone:
 	case f < faultSlow:

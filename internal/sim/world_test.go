@@ -106,10 +106,20 @@ type proc struct {
 	id, slot int
 	dead     bool
 	paused   []span // pauses, as [from, until)
+	cut      []span // partitions from the store
 	runner   runnerDo
 }
 
 type span struct{ from, until time.Time }
+
+func within(spans []span, t time.Time) bool {
+	for _, s := range spans {
+		if !t.Before(s.from) && t.Before(s.until) {
+			return true
+		}
+	}
+	return false
+}
 
 func (p *proc) pausedUntil(t time.Time) time.Time {
 	for _, s := range p.paused {
@@ -310,7 +320,9 @@ func (w *world) kill(p *proc, why string) {
 			w.run(a, wakeMsg{dead: true})
 		}
 	}
-	w.slots[p.slot] = w.newProc(p.slot)
+	if !w.stopping {
+		w.slots[p.slot] = w.newProc(p.slot)
+	}
 }
 
 // ghostly reports whether the running actor is a ghost of a dead process.
