@@ -7,9 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +25,11 @@ type simConfig struct {
 	maxSteps              int
 	horizon               time.Duration
 	maxAttempts           int
+	// For the tests that show the invariants catch what they should: a
+	// store clock this much fast (instead of a drawn drift of up to 5%),
+	// and a store whose Complete forgets to check the token.
+	drift       float64
+	brokenFence bool
 }
 
 func defaultConfig() simConfig {
@@ -305,8 +312,8 @@ func (w *world) newProc(slot int) *proc {
 	return p
 }
 
-func newWorld(t *rapid.T, cfg simConfig) *world {
-	w := &world{t: t, cfg: cfg, now: epoch, yield: make(chan struct{}), byResult: map[string]*execution{}}
+func newWorld(src source, cfg simConfig) *world {
+	w := &world{src: src, cfg: cfg, now: epoch, yield: make(chan struct{}), byResult: map[string]*execution{}}
 	w.store = &model{w: w, recs: map[string]*rec{}, ended: map[string]string{}}
 	return w
 }
@@ -372,6 +379,9 @@ func (w *world) setup() {
 	// The store's clock runs up to 5% fast: the lease margin (a tenth)
 	// must cover it.
 	w.store.drift = float64(w.draw(0, 50, "store clock drift per mille")) / 1000
+	if w.cfg.drift != 0 {
+		w.store.drift = w.cfg.drift
+	}
 	for i, n := 0, w.draw(0, 1, "clock jumps"); i < n; i++ {
 		at := w.drawDur(0, 15*time.Second, "jump at")
 		j := w.drawDur(0, 3*w.cfg.lockTTL, "jump") - w.cfg.lockTTL
@@ -438,14 +448,20 @@ func (w *world) shutdown() {
 	}
 }
 
-func runSchedule(t *rapid.T, cfg simConfig) *world {
-	w := newWorld(t, cfg)
+// simulate runs one schedule; w.fail says what it broke.
+func simulate(src source, cfg simConfig) *world {
+	w := newWorld(src, cfg)
 	defer w.shutdown()
 	w.setup()
 	w.loop(epoch.Add(cfg.horizon))
 	if w.fail == "" {
 		w.final()
 	}
+	return w
+}
+
+func runSchedule(t *rapid.T, cfg simConfig) *world {
+	w := simulate(rapidSource{t}, cfg)
 	if w.fail != "" {
 		t.Fatalf("%s\n--- the run's last steps:\n%s", w.fail, w.traceTail(120))
 	}
@@ -515,5 +531,41 @@ func setChecks(t *testing.T, def int) {
 	}
 	if err := flag.Set("rapid.checks", strconv.Itoa(simChecks(def))); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// catches runs schedules from seeded generators under cfg until one breaks
+// an invariant, and returns what it broke; it fails t if none does.
+func catches(t *testing.T, cfg simConfig, tries int) string {
+	t.Helper()
+	for seed := uint64(1); seed <= uint64(tries); seed++ {
+		w := simulate(randSource{rand.New(rand.NewPCG(seed, 0))}, cfg)
+		if w.fail != "" {
+			t.Logf("seed %d: %s", seed, w.fail)
+			return w.fail
+		}
+	}
+	t.Fatalf("no violation in %d schedules", tries)
+	return ""
+}
+
+// A store that records a Complete from any token lets an owner whose lease
+// ran out overwrite the work of the next one: the simulation must see it.
+func TestSimulationCatchesBrokenFence(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.brokenFence = true
+	if got := catches(t, cfg, 5000); !strings.Contains(got, "lease had run out") {
+		t.Fatalf("caught the wrong thing: %s", got)
+	}
+}
+
+// A store clock 30% fast ends leases before the owner's margin: owners then
+// work on believing they hold keys that others have claimed, and the
+// simulation must see it.
+func TestSimulationCatchesLeaseOutlivingTheStore(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.drift = 0.3
+	if got := catches(t, cfg, 5000); !strings.Contains(got, "believing it holds the key") {
+		t.Fatalf("caught the wrong thing: %s", got)
 	}
 }

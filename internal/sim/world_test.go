@@ -13,6 +13,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strings"
 	"time"
@@ -20,6 +21,22 @@ import (
 	"github.com/idemgo/idem/internal/clock"
 	"pgregory.net/rapid"
 )
+
+// source makes the scheduler's decisions: rapid's draws, which shrink, or
+// a seeded generator.
+type source interface {
+	draw(lo, hi int, label string) int
+}
+
+type rapidSource struct{ t *rapid.T }
+
+func (s rapidSource) draw(lo, hi int, label string) int {
+	return rapid.IntRange(lo, hi).Draw(s.t, label)
+}
+
+type randSource struct{ r *rand.Rand }
+
+func (s randSource) draw(lo, hi int, _ string) int { return lo + s.r.IntN(hi-lo+1) }
 
 // epoch is the virtual time at which every run starts.
 var epoch = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -133,7 +150,7 @@ func (p *proc) pausedUntil(t time.Time) time.Time {
 type runnerDo func(ctx context.Context, key, fp string, fn func(context.Context) ([]byte, error)) ([]byte, error)
 
 type world struct {
-	t      *rapid.T
+	src    source
 	cfg    simConfig
 	now    time.Time
 	seq    uint64
@@ -174,7 +191,7 @@ func (w *world) violate(format string, args ...any) {
 }
 
 func (w *world) draw(lo, hi int, label string) int {
-	return rapid.IntRange(lo, hi).Draw(w.t, label)
+	return w.src.draw(lo, hi, label)
 }
 
 // drawDur draws a duration in [lo, hi] in steps of a millisecond.
