@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -486,7 +487,7 @@ func simChecks(def int) int {
 // it writes under testdata/rapid/TestSimulation is replayed by every later
 // run.
 func TestSimulation(t *testing.T) {
-	setChecks(t, 2000)
+	setChecks(t, 5000)
 	var st stats
 	rapid.Check(t, func(rt *rapid.T) { st.add(runSchedule(rt, defaultConfig())) })
 	t.Logf("%d schedules: %d steps, %d store calls, %d executions (%d overlapping a lost lease, %d killed), %d responses, %d process deaths, %d pauses, %d clock jumps",
@@ -567,5 +568,68 @@ func TestSimulationCatchesLeaseOutlivingTheStore(t *testing.T) {
 	cfg.drift = 0.3
 	if got := catches(t, cfg, 5000); !strings.Contains(got, "believing it holds the key") {
 		t.Fatalf("caught the wrong thing: %s", got)
+	}
+}
+
+// replaySource replays the draws logged in a fail file of rapid (its
+// "[rapid] draw label: value" lines), in order; past their end, and for a
+// value out of range, it draws the least value, which is the calm one
+// everywhere. So a schedule keeps its faults after the code changes, where
+// rapid would call its fail file no longer valid.
+type replaySource struct {
+	vals []int
+	next int
+}
+
+func (s *replaySource) draw(lo, hi int, _ string) int {
+	if s.next >= len(s.vals) {
+		return lo
+	}
+	v := s.vals[s.next]
+	s.next++
+	if v < lo || v > hi {
+		return lo
+	}
+	return v
+}
+
+func loadDraws(t *testing.T, path string) []int {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vals []int
+	for _, line := range strings.Split(string(data), "\n") {
+		_, rest, ok := strings.Cut(line, "[rapid] draw ")
+		if !ok {
+			continue
+		}
+		i := strings.LastIndex(rest, ": ")
+		v, err := strconv.Atoi(strings.TrimSpace(rest[i+2:]))
+		if i < 0 || err != nil {
+			t.Fatalf("%s: cannot read %q", path, line)
+		}
+		vals = append(vals, v)
+	}
+	if len(vals) == 0 {
+		t.Fatalf("%s: no draws", path)
+	}
+	return vals
+}
+
+// TestSimulationCorpus replays the schedules of testdata/corpus: each once
+// broke an invariant (its name says how), and must not again.
+func TestSimulationCorpus(t *testing.T) {
+	files, err := filepath.Glob("testdata/corpus/*.fail")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no corpus: %v", err)
+	}
+	for _, f := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".fail"), func(t *testing.T) {
+			w := simulate(&replaySource{vals: loadDraws(t, f)}, defaultConfig())
+			if w.fail != "" {
+				t.Fatalf("%s\n--- the run's last steps:\n%s", w.fail, w.traceTail(120))
+			}
+		})
 	}
 }
