@@ -18,19 +18,18 @@ import (
 // go-redis for its socket deadlines) then cost no timer.
 type callCtx struct {
 	parent   context.Context
-	clk      clock.Clock // nil for the real one
 	deadline time.Time
 
 	mu    sync.Mutex
 	done  chan struct{}
-	timer clock.Timer
+	timer *time.Timer
 	err   error
 }
 
-func newCallCtx(parent context.Context, clk clock.Clock, timeout time.Duration) *callCtx {
+func newCallCtx(parent context.Context, timeout time.Duration) *callCtx {
 	// WithoutCancel also hides the parent's cancellation cause from
 	// context.Cause.
-	return &callCtx{parent: context.WithoutCancel(parent), clk: clk, deadline: clock.Now(clk).Add(timeout)}
+	return &callCtx{parent: context.WithoutCancel(parent), deadline: time.Now().Add(timeout)}
 }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, true }
@@ -43,8 +42,8 @@ func (c *callCtx) Done() <-chan struct{} {
 	if c.done == nil {
 		c.done = make(chan struct{})
 		if c.err == nil {
-			if d := clock.Until(c.clk, c.deadline); d > 0 {
-				c.timer = clock.AfterFunc(c.clk, d, c.expire)
+			if d := time.Until(c.deadline); d > 0 {
+				c.timer = time.AfterFunc(d, c.expire)
 				return c.done
 			}
 			c.err = context.DeadlineExceeded
@@ -57,7 +56,7 @@ func (c *callCtx) Done() <-chan struct{} {
 func (c *callCtx) Err() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.err == nil && !clock.Now(c.clk).Before(c.deadline) {
+	if c.err == nil && !time.Now().Before(c.deadline) {
 		c.end(context.DeadlineExceeded)
 	}
 	return c.err
@@ -94,3 +93,86 @@ func (c *callCtx) end(err error) {
 }
 
 func (c *callCtx) String() string { return "idem.storeCall" }
+
+// storeCall is the context of one store call, which the caller cancels
+// when the call has returned.
+type storeCall interface {
+	context.Context
+	cancel()
+}
+
+// newStoreCall returns the context of one store call that ends after
+// timeout on clk: a callCtx on the real clock (nil), so that production
+// pays nothing for clocks, or a clockCallCtx.
+func newStoreCall(parent context.Context, clk clock.Clock, timeout time.Duration) storeCall {
+	if clk == nil {
+		return newCallCtx(parent, timeout)
+	}
+	return &clockCallCtx{parent: context.WithoutCancel(parent), clk: clk, deadline: clk.Now().Add(timeout)}
+}
+
+// clockCallCtx is a callCtx whose deadline is on a clock of its own (the
+// simulation's).
+type clockCallCtx struct {
+	parent   context.Context
+	clk      clock.Clock
+	deadline time.Time
+
+	mu    sync.Mutex
+	done  chan struct{}
+	timer clock.Timer
+	err   error
+}
+
+func (c *clockCallCtx) Deadline() (time.Time, bool) { return c.deadline, true }
+
+func (c *clockCallCtx) Value(key any) any { return c.parent.Value(key) }
+
+func (c *clockCallCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.err == nil {
+			if d := c.deadline.Sub(c.clk.Now()); d > 0 {
+				c.timer = c.clk.AfterFunc(d, func() { c.end(context.DeadlineExceeded) })
+				return c.done
+			}
+			c.err = context.DeadlineExceeded
+		}
+		close(c.done)
+	}
+	return c.done
+}
+
+func (c *clockCallCtx) Err() error {
+	if !c.clk.Now().Before(c.deadline) {
+		c.end(context.DeadlineExceeded)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *clockCallCtx) cancel() {
+	c.mu.Lock()
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.mu.Unlock()
+	c.end(context.Canceled)
+}
+
+// end sets err, and closes done if it was made, unless err is set.
+func (c *clockCallCtx) end(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = err
+		if c.done != nil {
+			close(c.done)
+		}
+	}
+}
+
+func (c *clockCallCtx) String() string { return "idem.storeCall" }

@@ -15,7 +15,7 @@ func TestCallCtx(t *testing.T) {
 	parent, cancelParent := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "v"))
 	cancelParent()
 
-	c := newCallCtx(parent, nil, time.Hour)
+	c := newCallCtx(parent, time.Hour)
 	if c.Value(ctxKey{}) != "v" {
 		t.Fatal("value of the parent lost")
 	}
@@ -36,7 +36,7 @@ func TestCallCtx(t *testing.T) {
 	}
 
 	// Err alone notices the deadline, without a timer.
-	c = newCallCtx(parent, nil, 20*time.Millisecond)
+	c = newCallCtx(parent, 20*time.Millisecond)
 	for c.Err() == nil {
 		time.Sleep(time.Millisecond)
 	}
@@ -46,7 +46,7 @@ func TestCallCtx(t *testing.T) {
 	<-c.Done() // made after the end: closed at once
 
 	// Done closes at the deadline.
-	c = newCallCtx(parent, nil, 20*time.Millisecond)
+	c = newCallCtx(parent, 20*time.Millisecond)
 	select {
 	case <-c.Done():
 	case <-time.After(5 * time.Second):
@@ -61,7 +61,7 @@ func TestCallCtx(t *testing.T) {
 	}
 
 	// Contexts derived from it end with it.
-	c = newCallCtx(parent, nil, time.Hour)
+	c = newCallCtx(parent, time.Hour)
 	child, stop := context.WithCancel(c)
 	defer stop()
 	c.cancel()
@@ -76,7 +76,7 @@ func TestCallCtx(t *testing.T) {
 func TestCallCtxCause(t *testing.T) {
 	parent, cancel := context.WithCancelCause(context.Background())
 	cancel(errors.New("client went away"))
-	c := newCallCtx(parent, nil, time.Millisecond)
+	c := newCallCtx(parent, time.Millisecond)
 	<-c.Done()
 	if cause := context.Cause(c); !errors.Is(cause, context.DeadlineExceeded) {
 		t.Fatalf("Cause = %v, want deadline exceeded", cause)

@@ -80,8 +80,8 @@ func outcomeOf(err error) Outcome {
 // storeCtx returns the context of one store call: ctx's values without its
 // cancellation, bounded by the store timeout. The caller calls its cancel
 // method when the call has returned.
-func (e *engine) storeCtx(ctx context.Context) *callCtx {
-	return newCallCtx(ctx, e.clk, e.cfg.storeTimeout)
+func (e *engine) storeCtx(ctx context.Context) storeCall {
+	return newStoreCall(ctx, e.clk, e.cfg.storeTimeout)
 }
 
 // work is what execute runs as the owner of a key: it returns the result
@@ -401,7 +401,7 @@ func (l *lease) renewOnce() error {
 		l.lose(err)
 		return nil
 	}
-	sctx := newCallCtx(l.ctx, clk, min(cfg.storeTimeout, left))
+	sctx := newStoreCall(l.ctx, clk, min(cfg.storeTimeout, left))
 	err := l.e.store.Renew(sctx, l.key, l.token, cfg.lockTTL)
 	sctx.cancel()
 	switch {
