@@ -165,7 +165,7 @@ var (
 	_ clock.Source = handle{}
 )
 
-func (h handle) Clock() clock.Clock { return simClock{h.w} }
+func (h handle) Clock() clock.Clock { return simClock(h) }
 
 func (h handle) Claim(ctx context.Context, key, token, fp string, lease time.Duration) (*idem.Record, error) {
 	if a := h.w.cur; a.client != nil && !a.ghost {

@@ -342,9 +342,6 @@ func (w *world) kill(p *proc, why string) {
 	}
 }
 
-// ghostly reports whether the running actor is a ghost of a dead process.
-func (w *world) ghostly() bool { return w.cur != nil && w.cur.ghost }
-
 // simClock is the Clock the engine runs on (see clock.Source).
 type simClock struct{ w *world }
 
@@ -417,17 +414,6 @@ func (t *simTimer) Reset(d time.Duration) bool {
 	})
 	t.ev = ev
 	return active
-}
-
-// pendingTimers counts armed timers of live processes.
-func (w *world) pendingTimers() int {
-	n := 0
-	for _, e := range w.q {
-		if e.p != nil && !e.p.dead && !e.cancelled {
-			n++
-		}
-	}
-	return n
 }
 
 func (w *world) traceTail(n int) string {
