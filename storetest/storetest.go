@@ -21,6 +21,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -41,7 +43,24 @@ type Config struct {
 	// miniredis FastForward) move their clock instead, which makes the
 	// expiry tests instant.
 	Wait func(t *testing.T, d time.Duration)
+
+	// ClaimRounds is the number of rounds of ConcurrentClaimRounds, each a
+	// race of ClaimRacers goroutines for a fresh key (default
+	// DefaultClaimRounds). A store that is atomic only most of the time
+	// (one that checks and then inserts in two steps) wins a race only
+	// rarely, so the more rounds, the better the odds of catching it. Each
+	// round costs ClaimRacers store calls: a store over the network may
+	// choose fewer rounds. Under go test -short, a tenth of them run.
+	ClaimRounds int
 }
+
+// DefaultClaimRounds is the number of concurrent-claim rounds run unless
+// Config.ClaimRounds says otherwise: about 0.3s on memstore.
+const DefaultClaimRounds = 2000
+
+// ClaimRacers is the number of goroutines that race for the key of one
+// concurrent-claim round.
+const ClaimRacers = 16
 
 // Run runs the conformance suite against stores made by newStore, letting
 // real time pass in the expiry tests (a few seconds in all, in parallel).
@@ -54,6 +73,12 @@ func Run(t *testing.T, newStore func(t *testing.T) idem.Store) {
 func RunConfig(t *testing.T, c Config) {
 	if c.Wait == nil {
 		c.Wait = func(_ *testing.T, d time.Duration) { time.Sleep(d) }
+	}
+	if c.ClaimRounds <= 0 {
+		c.ClaimRounds = DefaultClaimRounds
+	}
+	if testing.Short() {
+		c.ClaimRounds = max(1, c.ClaimRounds/10)
 	}
 	s := &suite{Config: c}
 	tests := []struct {
@@ -70,6 +95,7 @@ func RunConfig(t *testing.T, c Config) {
 		{"RenewExtendsLease", s.renewExtendsLease},
 		{"RetentionTTLHonoured", s.retention},
 		{"ConcurrentClaimsOneWinner", s.concurrentClaims},
+		{"ConcurrentClaimRounds", s.concurrentClaimRounds},
 		{"ConcurrentCompleteAndClaim", s.concurrentCompleteAndClaim},
 		{"ByteExactRoundTrip", s.byteExact},
 		{"LargeRecord", s.largeRecord},
@@ -369,6 +395,81 @@ func (s *suite) concurrentClaims(t *testing.T) {
 	if got := winners.Load(); got != 1 {
 		t.Fatalf("%d of %d concurrent claims won, want exactly 1", got, n)
 	}
+}
+
+// concurrentClaimRounds races ClaimRacers goroutines for a fresh key, round
+// after round: every round must have exactly one winner, and every loser
+// must see the winner's record.
+func (s *suite) concurrentClaimRounds(t *testing.T) {
+	st := s.NewStore(t)
+	base := uniq(t, "k")
+	rounds := s.ClaimRounds
+	// A check-then-insert race is lost only when two racers run at the
+	// same moment: give them threads to run on even under GOMAXPROCS=1.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0))))
+	type outcome struct {
+		won bool
+		err error
+	}
+	var (
+		results = make([][ClaimRacers]outcome, rounds)
+		round   atomic.Int64 // the round the racers may start: 1-based
+		stop    atomic.Bool
+		claimed sync.WaitGroup
+		wg      sync.WaitGroup
+	)
+	// The racers live through every round. Between rounds they spin on
+	// round rather than sleep on a channel, so that when a round starts
+	// the racers that are running all claim at the same moment, instead
+	// of one after the other as the scheduler wakes them.
+	for g := 0; g < ClaimRacers; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for r := 0; r < rounds; r++ {
+				for round.Load() <= int64(r) {
+					if stop.Load() {
+						return
+					}
+					runtime.Gosched()
+				}
+				key := base + "/" + strconv.Itoa(r)
+				fp := "fp-" + strconv.Itoa(r)
+				rec, err := st.Claim(context.Background(), key, fmt.Sprintf("tok-%d-%d", r, g), fp, longLease)
+				switch {
+				case err != nil:
+					results[r][g].err = err
+				case rec == nil:
+					results[r][g].won = true
+				case rec.State != idem.StateInProgress || rec.Fingerprint != fp:
+					results[r][g].err = fmt.Errorf("loser saw record %+v", rec)
+				}
+				claimed.Done()
+			}
+		}(g)
+	}
+	for r := 0; r < rounds; r++ {
+		claimed.Add(ClaimRacers)
+		round.Store(int64(r + 1))
+		claimed.Wait()
+		winners := 0
+		for _, o := range results[r] {
+			if o.err != nil {
+				t.Errorf("round %d: %v", r, o.err)
+			}
+			if o.won {
+				winners++
+			}
+		}
+		if winners != 1 {
+			t.Errorf("round %d of %d: %d of %d concurrent claims of a fresh key won, want exactly 1", r+1, rounds, winners, ClaimRacers)
+		}
+		if t.Failed() {
+			break
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
 }
 
 // concurrentCompleteAndClaim races the owner's Complete against many Claims:
