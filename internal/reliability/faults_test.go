@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 // Settings of the fault tests: short, so that waiting for a lease to end
@@ -27,7 +28,7 @@ type storeOver func(t *testing.T, addr string) idem.Store
 
 // Store faults through a real TCP proxy between the middleware and Redis.
 func TestRedisStoreFaults(t *testing.T) {
-	addr := serverEnv(t, "IDEM_REDIS_ADDR", "a Redis server")
+	addr := testenv.Server(t, testenv.RedisAddr, "a Redis server")
 	runFaultSuite(t, addr, func(t *testing.T, addr string) idem.Store {
 		return newRedisStore(newRedisClient(t, addr))
 	})

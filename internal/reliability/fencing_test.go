@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 // partitioned is a store whose lease renewals never get through, as when
@@ -31,7 +32,7 @@ func (p partitioned) Renew(ctx context.Context, key, token string, lease time.Du
 // Fencing (SPEC 4.7) on Redis: an owner whose lease ran out cannot
 // overwrite or delete the record of the owner that took the key over.
 func TestRedisFencing(t *testing.T) {
-	addr := serverEnv(t, "IDEM_REDIS_ADDR", "a Redis server")
+	addr := testenv.Server(t, testenv.RedisAddr, "a Redis server")
 	store := newRedisStore(newRedisClient(t, addr))
 	runFencing(t, func(t *testing.T) idem.Store { return store })
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,36 +15,18 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/internal/testenv"
 	"github.com/idemgo/idem/redisstore"
 	"github.com/idemgo/idem/storetest"
 )
 
 // Environment variables naming the real servers that ./scripts/test.sh
 // starts.
-const (
-	envAddr         = "IDEM_REDIS_ADDR"          // host:port of a single node
-	envClusterAddrs = "IDEM_REDIS_CLUSTER_ADDRS" // host:port,host:port,host:port
-)
-
-// serverEnv returns the value of env. When it is unset the test fails in CI
-// (CI=true) and is skipped elsewhere.
-func serverEnv(tb testing.TB, env string) string {
-	tb.Helper()
-	v := os.Getenv(env)
-	if v == "" {
-		msg := env + " not set: run ./scripts/test.sh"
-		if os.Getenv("CI") == "true" {
-			tb.Fatal(msg)
-		}
-		tb.Skip(msg)
-	}
-	return v
-}
 
 // realClient connects to the single node named by IDEM_REDIS_ADDR.
 func realClient(tb testing.TB) *redis.Client {
 	tb.Helper()
-	c := redis.NewClient(&redis.Options{Addr: serverEnv(tb, envAddr)})
+	c := redis.NewClient(&redis.Options{Addr: testenv.Server(tb, testenv.RedisAddr, "a Redis node")})
 	tb.Cleanup(func() { c.Close() })
 	ping(tb, c)
 	return c
@@ -54,7 +35,7 @@ func realClient(tb testing.TB) *redis.Client {
 // clusterClient connects to the Cluster named by IDEM_REDIS_CLUSTER_ADDRS.
 func clusterClient(tb testing.TB) *redis.ClusterClient {
 	tb.Helper()
-	addrs := strings.Split(serverEnv(tb, envClusterAddrs), ",")
+	addrs := strings.Split(testenv.Server(tb, testenv.RedisClusterAddrs, "a Redis Cluster"), ",")
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs})
 	tb.Cleanup(func() { c.Close() })
 	ping(tb, c)

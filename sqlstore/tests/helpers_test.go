@@ -7,7 +7,6 @@ import (
 	"database/sql/driver"
 	"encoding/hex"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -18,6 +17,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite"
 
+	"github.com/idemgo/idem/internal/testenv"
 	"github.com/idemgo/idem/sqlstore"
 )
 
@@ -56,15 +56,8 @@ func sqliteDSN(t testing.TB) string {
 // postgresDSN returns the DSN of the PostgreSQL server scripts/test.sh
 // starts. Without one, t is skipped, or fails in CI.
 func postgresDSN(t testing.TB) string {
-	dsn := os.Getenv("IDEM_POSTGRES_DSN")
-	if dsn == "" {
-		const msg = "IDEM_POSTGRES_DSN not set: run ./scripts/test.sh"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return dsn
+	t.Helper()
+	return testenv.Server(t, testenv.PostgresDSN, "a PostgreSQL server")
 }
 
 // mysqlDSN returns the DSN (go-sql-driver/mysql form) of the MariaDB server
