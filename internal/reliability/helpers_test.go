@@ -21,7 +21,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,24 +35,10 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/internal/testenv"
 	"github.com/idemgo/idem/redisstore"
 	"github.com/idemgo/idem/sqlstore"
 )
-
-// serverEnv returns the value of env, naming a server of ./scripts/test.sh.
-// When it is unset the test fails under CI=true and is skipped elsewhere.
-func serverEnv(t testing.TB, env, what string) string {
-	t.Helper()
-	v := os.Getenv(env)
-	if v == "" {
-		msg := fmt.Sprintf("%s not set: this test needs %s; run ./scripts/test.sh", env, what)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return v
-}
 
 func randomHex(n int) string {
 	b := make([]byte, n)
@@ -188,6 +173,29 @@ type app struct {
 	during map[string]func() int
 	// delay is how long the handler sleeps; set it before the first request.
 	delay time.Duration
+	// pause, when set, is taken by the next run of the handler (see
+	// pauseNext).
+	pause *pausedRun
+}
+
+// pausedRun is one run of the handler held at a known point: it has read
+// its request and counted its run, and waits before it answers.
+type pausedRun struct {
+	started chan string   // receives the run's key once it is held
+	resume  chan struct{} // closed by the test to let it answer
+}
+
+// pauseNext makes the next run of the handler, whatever its key, stop
+// before it answers: the returned run's started channel gets its key then,
+// and the run goes on when resume is closed. It gives a test a request
+// that is known to be in flight, with its key claimed and its response not
+// yet recorded.
+func (a *app) pauseNext() *pausedRun {
+	p := &pausedRun{started: make(chan string, 1), resume: make(chan struct{})}
+	a.mu.Lock()
+	a.pause = p
+	a.mu.Unlock()
+	return p
 }
 
 func newApp(t testing.TB, store idem.Store, opts ...idem.Option) *app {
@@ -214,7 +222,13 @@ func (a *app) handle(w http.ResponseWriter, r *http.Request) {
 	a.runs[key]++
 	run := a.runs[key]
 	during := a.during[key]
+	pause := a.pause
+	a.pause = nil
 	a.mu.Unlock()
+	if pause != nil {
+		pause.started <- key
+		<-pause.resume
+	}
 	time.Sleep(a.delay)
 	status := http.StatusCreated
 	if during != nil {
@@ -395,7 +409,7 @@ func init() { redis.SetLogger(quietLogger{}) }
 // postgresUpstream returns the DSN of IDEM_POSTGRES_DSN and its host:port.
 func postgresUpstream(t testing.TB) (dsn, hostPort string) {
 	t.Helper()
-	dsn = serverEnv(t, "IDEM_POSTGRES_DSN", "a PostgreSQL server")
+	dsn = testenv.Server(t, testenv.PostgresDSN, "a PostgreSQL server")
 	u, err := url.Parse(dsn)
 	if err != nil || u.Host == "" {
 		t.Fatalf("IDEM_POSTGRES_DSN %q is not a postgres:// URL with a host: %v", dsn, err)
