@@ -58,6 +58,7 @@ func run(args []string) error {
 	fs.TextVar(&level, "log-level", slog.LevelDebug, "lowest level logged: debug logs every outcome, info conflicts, mismatches and refusals, error store failures")
 	redisClient := fs.String("redis-client", storeurl.ClientRueidis, "Redis client of redis:// stores: rueidis or go-redis")
 	replayCache := fs.Int64("replay-cache", 0, "bytes of completed responses kept in memory to answer replays with no store call (0: off)")
+	storeTimeout := fs.Duration("store-timeout", idem.DefaultStoreTimeout, "bound of every store call; a slower store call is answered 503")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -96,7 +97,7 @@ func run(args []string) error {
 		}
 	}
 
-	handler, err := newService(store, *ttl, *lockTTL, logger, *metrics, *replayCache)
+	handler, err := newService(store, *ttl, *lockTTL, *storeTimeout, logger, *metrics, *replayCache)
 	if err != nil {
 		return err
 	}

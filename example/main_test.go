@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/idemgo/idem/internal/storeurl"
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 // uniqueKey returns an idempotency key no other test or run uses, for tests
@@ -271,9 +272,13 @@ func durableStores(t *testing.T) map[string]string {
 		"sqlite": "sqlite:" + filepath.Join(t.TempDir(), "idem.db"),
 	}
 	need := func(name, env string, spec func(v string) string) {
+		if testing.Short() {
+			t.Logf("skipping %s under -short", name)
+			return
+		}
 		v := os.Getenv(env)
 		if v == "" {
-			if os.Getenv("CI") == "true" {
+			if testenv.InCI() {
 				t.Errorf("%s not set: the %s tests need it; run ./scripts/test.sh", env, name)
 			} else {
 				t.Logf("%s not set: skipping %s; run ./scripts/test.sh to start the servers", env, name)
@@ -282,8 +287,8 @@ func durableStores(t *testing.T) map[string]string {
 		}
 		specs[name] = spec(v)
 	}
-	need("redis", "IDEM_REDIS_ADDR", func(v string) string { return "redis://" + v + "/0" })
-	need("redis-cluster", "IDEM_REDIS_CLUSTER_ADDRS", func(v string) string {
+	need("redis", testenv.RedisAddr, func(v string) string { return "redis://" + v + "/0" })
+	need("redis-cluster", testenv.RedisClusterAddrs, func(v string) string {
 		addrs := strings.Split(v, ",")
 		s := "redis-cluster://" + addrs[0]
 		for i, a := range addrs[1:] {
@@ -295,8 +300,8 @@ func durableStores(t *testing.T) map[string]string {
 		}
 		return s
 	})
-	need("postgres", "IDEM_POSTGRES_DSN", func(v string) string { return v })
-	need("mysql", "IDEM_MYSQL_DSN", func(v string) string { return mysqlURL(t, v) })
+	need("postgres", testenv.PostgresDSN, func(v string) string { return v })
+	need("mysql", testenv.MySQLDSN, func(v string) string { return mysqlURL(t, v) })
 	return specs
 }
 

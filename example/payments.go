@@ -53,11 +53,12 @@ type service struct {
 // With metrics, the store calls and outcomes are counted by idemprom and
 // served on GET /metrics. A positive replayCache turns on idem's replay
 // cache with that many bytes.
-func newService(store idem.Store, ttl, lockTTL time.Duration, logger *slog.Logger, metrics bool, replayCache int64) (http.Handler, error) {
+func newService(store idem.Store, ttl, lockTTL, storeTimeout time.Duration, logger *slog.Logger, metrics bool, replayCache int64) (http.Handler, error) {
 	ledger := ledgerOf(store)
 	opts := []idem.Option{
 		idem.WithTTL(ttl),
 		idem.WithLockTTL(lockTTL),
+		idem.WithStoreTimeout(storeTimeout),
 		idem.WithScope(scopeOf),
 		idem.WithLogger(logger),
 	}

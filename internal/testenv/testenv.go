@@ -26,6 +26,8 @@ const (
 	RedisClusterAddrs = "IDEM_REDIS_CLUSTER_ADDRS"
 	// PostgresDSN is a postgres:// URL of an empty database.
 	PostgresDSN = "IDEM_POSTGRES_DSN"
+	// MySQLDSN is the go-sql-driver/mysql DSN of an empty MariaDB database.
+	MySQLDSN = "IDEM_MYSQL_DSN"
 	// RedisServer is the path of redis-server, for tests that run their own.
 	RedisServer = "IDEM_REDIS_SERVER"
 	// PGBinDir is the directory of pg_ctl, postgres and initdb.
