@@ -1,6 +1,8 @@
 package sqlstore
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"math"
 	"strings"
@@ -369,12 +371,11 @@ func (d Dialect) queries(table string) (*queries, error) {
 	if schemaName != "" {
 		qualified = quoteIdent(schemaName) + "." + qualified
 	}
-	index := name + "_expires_at_idx"
 	switch d {
 	case Postgres:
 		r := strings.NewReplacer(
 			"{table}", qualified,
-			"{index}", quoteIdent(index),
+			"{index}", quoteIdent(indexName(name, maxIdent)),
 			"{now}", "clock_timestamp()",
 			"{p1}", "$1", "{p2}", "$2",
 		)
@@ -396,7 +397,7 @@ func (d Dialect) queries(table string) (*queries, error) {
 	case SQLite:
 		// SQLite puts the schema on the index name and wants the table
 		// unqualified in CREATE INDEX.
-		qindex := quoteIdent(index)
+		qindex := quoteIdent(indexName(name, 0))
 		if schemaName != "" {
 			qindex = quoteIdent(schemaName) + "." + qindex
 		}
@@ -463,6 +464,24 @@ func mysqlQueries(schemaName, name string) *queries {
 // maxIdent is PostgreSQL's limit on identifier length, applied to both
 // dialects so that a name works everywhere.
 const maxIdent = 63
+
+// indexSuffix ends the name of the expires_at index of a table.
+const indexSuffix = "_expires_at_idx"
+
+// indexName returns the name of the expires_at index of table name, at
+// most limit bytes long (no limit if limit is 0): name+"_expires_at_idx"
+// when it fits, else the start of name, "_", 8 hex digits of the SHA-256 of
+// name and the suffix. PostgreSQL would cut a longer name at 63 bytes
+// without an error; for a 63-byte table name that leaves the table's own
+// name, and CREATE INDEX IF NOT EXISTS then creates nothing.
+func indexName(name string, limit int) string {
+	if limit == 0 || len(name)+len(indexSuffix) <= limit {
+		return name + indexSuffix
+	}
+	sum := sha256.Sum256([]byte(name))
+	tag := "_" + hex.EncodeToString(sum[:4])
+	return name[:limit-len(tag)-len(indexSuffix)] + tag + indexSuffix
+}
 
 // parseTable splits a table name, "table" or "schema.table", into its
 // parts. Each part is an ASCII letter or underscore followed by letters,
