@@ -17,8 +17,10 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite"
 
+	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/internal/testenv"
 	"github.com/idemgo/idem/sqlstore"
+	"github.com/idemgo/idem/storetest"
 )
 
 // backend is one database the tests run against.
@@ -29,12 +31,20 @@ type backend struct {
 	// there is none).
 	dsn    func(t testing.TB) string
 	driver string
+	// claimRounds is the number of rounds of storetest's
+	// ConcurrentClaimRounds: each costs 16 transactions.
+	claimRounds int
 }
 
 var backends = []backend{
-	{name: "SQLite", dialect: sqlstore.SQLite, dsn: sqliteDSN, driver: "sqlite"},
-	{name: "Postgres", dialect: sqlstore.Postgres, dsn: postgresDSN, driver: "pgx"},
-	{name: "MySQL", dialect: sqlstore.MySQL, dsn: mysqlDSN, driver: "mysql"},
+	{name: "SQLite", dialect: sqlstore.SQLite, dsn: sqliteDSN, driver: "sqlite", claimRounds: 50},
+	{name: "Postgres", dialect: sqlstore.Postgres, dsn: postgresDSN, driver: "pgx", claimRounds: 100},
+	{name: "MySQL", dialect: sqlstore.MySQL, dsn: mysqlDSN, driver: "mysql", claimRounds: 100},
+}
+
+// conformance runs storetest's suite over stores made by newStore.
+func (b backend) conformance(t *testing.T, newStore func(t *testing.T) idem.Store) {
+	storetest.RunConfig(t, storetest.Config{NewStore: newStore, ClaimRounds: b.claimRounds})
 }
 
 // mysqlBackend is the MySQL entry of backends.
@@ -63,15 +73,8 @@ func postgresDSN(t testing.TB) string {
 // mysqlDSN returns the DSN (go-sql-driver/mysql form) of the MariaDB server
 // scripts/test.sh starts. Without one, t is skipped, or fails in CI.
 func mysqlDSN(t testing.TB) string {
-	dsn := os.Getenv("IDEM_MYSQL_DSN")
-	if dsn == "" {
-		const msg = "IDEM_MYSQL_DSN not set: run ./scripts/test.sh"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return dsn
+	t.Helper()
+	return testenv.Server(t, testenv.MySQLDSN, "a MySQL (MariaDB) server")
 }
 
 // withParams returns dsn with the query parameters params

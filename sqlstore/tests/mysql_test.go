@@ -12,7 +12,6 @@ import (
 
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/sqlstore"
-	"github.com/idemgo/idem/storetest"
 )
 
 // The suite again on MySQL with the driver's settings that change what
@@ -26,7 +25,7 @@ func TestConformanceMySQLDriverSettings(t *testing.T) {
 	if err := newStore(t, db, b.dialect, tbl).Migrate(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
-	storetest.Run(t, func(t *testing.T) idem.Store {
+	b.conformance(t, func(t *testing.T) idem.Store {
 		return newStore(t, db, b.dialect, tbl)
 	})
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/sqlstore"
-	"github.com/idemgo/idem/storetest"
 )
 
 // SPEC 6.1, 6.4: every dialect passes the shared conformance suite, on a
@@ -21,7 +20,7 @@ import (
 func TestConformance(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		f := b.fixture(t)
-		storetest.Run(t, func(t *testing.T) idem.Store {
+		b.conformance(t, func(t *testing.T) idem.Store {
 			return newStore(t, f.db, b.dialect, f.table)
 		})
 	})
@@ -49,7 +48,7 @@ func TestConformancePostgresSerializable(t *testing.T) {
 	if err := newStore(t, db, b.dialect, tbl).Migrate(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
-	storetest.Run(t, func(t *testing.T) idem.Store {
+	b.conformance(t, func(t *testing.T) idem.Store {
 		return newStore(t, db, b.dialect, tbl)
 	})
 }
@@ -383,7 +382,7 @@ func TestSchemaByHand(t *testing.T) {
 		if _, err := db.ExecContext(testCtx(t), ddl); err != nil {
 			t.Fatalf("running the schema: %v", err)
 		}
-		storetest.Run(t, func(t *testing.T) idem.Store {
+		b.conformance(t, func(t *testing.T) idem.Store {
 			return newStore(t, db, b.dialect, tbl)
 		})
 	})
