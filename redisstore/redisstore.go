@@ -53,6 +53,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"time"
 
@@ -144,6 +145,7 @@ var scripts = [...]*redis.Script{claimScript, completeScript, releaseScript, ren
 type Store struct {
 	client redis.UniversalClient
 	prefix string
+	logger *slog.Logger
 }
 
 // Option configures a Store.
@@ -156,6 +158,12 @@ type Option func(*Store)
 // leave the braces out unless that is what you want.
 func WithPrefix(prefix string) Option {
 	return func(s *Store) { s.prefix = prefix }
+}
+
+// WithLogger sets where Load reports what it could not check (default
+// slog.Default()). The store logs nothing else.
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Store) { s.logger = l }
 }
 
 // New returns a Store that keeps its records through client: a
@@ -181,18 +189,85 @@ func New(client redis.UniversalClient, opts ...Option) *Store {
 	for _, o := range opts {
 		o(s)
 	}
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
 	return s
 }
 
-// Load loads the Store's Lua scripts into the server (every master, for a
-// Cluster client), so that no operation pays the extra EVAL round trip of a
-// script's first use. Calling it is optional: without it each script costs
-// one extra round trip the first time it runs on each server.
+// ErrUnsafeEviction is returned (wrapped) by Load when a server's
+// maxmemory-policy is not noeviction.
+//
+// Every record has a TTL, so every volatile-* policy may evict the record
+// of a request still in flight (volatile-ttl evicts those first, as their
+// leases are the shortest TTLs), and every allkeys-* policy may evict any
+// record: the key is then free, and a retry runs the handler a second time
+// while the first run goes on. Only noeviction keeps records until they
+// expire; when memory runs out, Redis refuses new records instead, and the
+// middleware answers 503 without running the handler.
+var ErrUnsafeEviction = errors.New("redisstore: maxmemory-policy may evict records in flight; set it to noeviction")
+
+// Load prepares the server for the Store, and checks that it is safe to use:
+//
+//   - It loads the Store's Lua scripts (into every master, for a Cluster
+//     client), so that no operation pays the extra EVAL round trip of a
+//     script's first use.
+//   - It reads maxmemory-policy (CONFIG GET, on every master of a Cluster)
+//     and returns an error wrapping ErrUnsafeEviction unless it is
+//     noeviction on every server.
+//
+// Where CONFIG is disabled, renamed or denied (as on several managed Redis
+// services), Load cannot read the policy: it does not fail, but logs a
+// warning (see WithLogger) saying that the policy must be checked by hand.
+// Other errors (the server is down, the context ended) are returned.
+//
+// Calling Load is optional, and recommended at start-up: without it each
+// script costs one extra round trip the first time it runs on each server,
+// and nothing checks the eviction policy.
 func (s *Store) Load(ctx context.Context) error {
 	for _, sc := range scripts {
 		if err := sc.Load(ctx, s.client).Err(); err != nil {
 			return fmt.Errorf("redisstore: load scripts: %w", err)
 		}
+	}
+	check := func(ctx context.Context, c *redis.Client) error {
+		return s.checkEviction(ctx, c.ConfigGet(ctx, "maxmemory-policy"), c.Options().Addr)
+	}
+	switch c := s.client.(type) {
+	case *redis.ClusterClient:
+		return c.ForEachMaster(ctx, check)
+	case *redis.Ring:
+		return c.ForEachShard(ctx, check)
+	}
+	return s.checkEviction(ctx, s.client.ConfigGet(ctx, "maxmemory-policy"), "")
+}
+
+// checkEviction reads the reply of CONFIG GET maxmemory-policy from the
+// server at addr ("" when the client does not say).
+func (s *Store) checkEviction(ctx context.Context, cmd *redis.MapStringStringCmd, addr string) error {
+	where := ""
+	if addr != "" {
+		where = " on " + addr
+	}
+	policy, err := cmd.Result()
+	var replyErr redis.Error
+	switch {
+	case errors.As(err, &replyErr):
+		// The server answered, but not with the policy: CONFIG is renamed,
+		// disabled or denied by an ACL.
+		s.logger.WarnContext(ctx, "redisstore: cannot read maxmemory-policy"+where+"; make sure it is noeviction, as any other policy may evict a record in flight and let a retry run the handler twice",
+			"error", err.Error())
+		return nil
+	case err != nil:
+		return fmt.Errorf("redisstore: reading maxmemory-policy%s: %w", where, err)
+	}
+	p, ok := policy["maxmemory-policy"]
+	if !ok {
+		s.logger.WarnContext(ctx, "redisstore: the server did not report maxmemory-policy"+where+"; make sure it is noeviction, as any other policy may evict a record in flight and let a retry run the handler twice")
+		return nil
+	}
+	if p != "noeviction" {
+		return fmt.Errorf("%w (it is %s%s)", ErrUnsafeEviction, p, where)
 	}
 	return nil
 }
