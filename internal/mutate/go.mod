@@ -1,0 +1,3 @@
+module github.com/idemgo/idem/internal/mutate
+
+go 1.22
