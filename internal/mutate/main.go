@@ -37,8 +37,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -60,7 +62,7 @@ func main() {
 	run := flag.String("run", "", "go test -run pattern")
 	timeout := flag.Duration("timeout", 0, "time allowed to one test run (default: twice the first run, at least 10s)")
 	short := flag.Bool("short", false, "pass -short to go test")
-	only := flag.String("only", "", "mutate only files whose name contains this")
+	only := flag.String("only", "", "mutate only these files (comma-separated names)")
 	flag.Parse()
 	if *testDir == "" {
 		*testDir = *pkg
@@ -176,6 +178,10 @@ func goTest(ctx context.Context, dir string, args []string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, "go", append([]string{"test"}, append(args, "./...")...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOWORK=off")
+	// go test runs the test binary as a child: at the timeout, end the
+	// whole process group, or a hung test binary outlives the run.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	return cmd.CombinedOutput()
 }
@@ -208,7 +214,10 @@ func findMutants(dir, only string) ([]mutant, map[string][]byte, error) {
 	fset := token.NewFileSet()
 	for _, e := range entries {
 		name := e.Name()
-		if e.IsDir() || !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") || !strings.Contains(name, only) {
+		if e.IsDir() || !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		if only != "" && !slices.Contains(strings.Split(only, ","), name) {
 			continue
 		}
 		src, err := os.ReadFile(filepath.Join(dir, name))
