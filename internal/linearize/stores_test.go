@@ -9,7 +9,6 @@ import (
 	"fmt"
 	mrand "math/rand"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,24 +24,17 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/internal/testenv"
 	"github.com/idemgo/idem/memstore"
 	"github.com/idemgo/idem/redisstore"
 	"github.com/idemgo/idem/sqlstore"
 )
 
-// serverEnv returns the value of env, naming a server of scripts/test.sh.
-// When it is unset the test fails under CI=true and is skipped elsewhere.
+// serverEnv returns the value of env, naming a server of scripts/test.sh
+// (see testenv.Server: skipped when unset, failed under CI=true).
 func serverEnv(t testing.TB, env string) string {
 	t.Helper()
-	v := os.Getenv(env)
-	if v == "" {
-		msg := env + " not set: run ./scripts/test.sh (or scripts/services.sh)"
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return v
+	return testenv.Server(t, env, "the server "+env+" names")
 }
 
 func randomHex(n int) string {
