@@ -19,8 +19,11 @@ func TestExpiredRowCountsAsAbsent(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		f := b.fixture(t)
 		expire := `UPDATE {t} SET expires_at = clock_timestamp() - interval '1 millisecond' WHERE key = $1`
-		if b.dialect == sqlstore.SQLite {
+		switch b.dialect {
+		case sqlstore.SQLite:
 			expire = `UPDATE {t} SET expires_at = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) - 1 WHERE key = ?1`
+		case sqlstore.MySQL:
+			expire = "UPDATE {t} SET expires_at = DATE_SUB(UTC_TIMESTAMP(6), INTERVAL 1000 MICROSECOND) WHERE `key` = ?"
 		}
 		expire = strings.ReplaceAll(expire, "{t}", f.table)
 		ctx := testCtx(t)
