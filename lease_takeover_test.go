@@ -272,3 +272,29 @@ func TestDoWaitingCallerTakesOverReleasedKey(t *testing.T) {
 		t.Fatalf("later caller: %q, %v; want the stored %q", b, err, "second")
 	}
 }
+
+// WithWait waits only for a duplicate of the running request: a request
+// that reuses its key with another payload gets its 422 at once, after one
+// store call, and so does a retry of a completed request.
+func TestWaitIsOnlyForDuplicates(t *testing.T) {
+	st, _ := newCountingStore(t)
+	h := newHeldHandler()
+	mw := idem.New(st, idem.WithWait(30*time.Second))(h)
+	first := make(chan int, 1)
+	go func() { first <- do(mw, "POST", "/pay", "k", "x").Code }()
+	<-h.started
+	before := st.claims.Load()
+	wantProblem(t, do(mw, "POST", "/pay", "k", "another payload"), http.StatusUnprocessableEntity, "key-reused")
+	if n := st.claims.Load() - before; n != 1 {
+		t.Fatalf("a reused key under WithWait cost %d claims, want 1: it was polled as if it were a duplicate", n)
+	}
+	h.finish <- func(w http.ResponseWriter) { w.WriteHeader(http.StatusCreated) }
+	<-first
+	before = st.claims.Load()
+	if w := do(mw, "POST", "/pay", "k", "x"); w.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry after completion: %d, want the replay", w.Code)
+	}
+	if n := st.claims.Load() - before; n != 1 {
+		t.Fatalf("a replay under WithWait cost %d claims, want 1", n)
+	}
+}
