@@ -488,7 +488,7 @@ func (s *suite) concurrentCompleteAndClaim(t *testing.T) {
 		defer wg.Done()
 		<-start
 		if err := st.Complete(context.Background(), key, "owner", []byte("done"), longTTL); err != nil {
-			errs <- fmt.Errorf("Complete: %w", err)
+			errs <- fmt.Errorf("the owner's Complete: %w", err)
 		}
 	}()
 	for i := 0; i < n; i++ {
