@@ -25,6 +25,7 @@ func goldenCases() []goldenCase {
 		{"headers empty", hdrs, fpRequest("POST", "/p", "", http.Header{"X-Api-Version": {""}}), "x", "5a46bc39ca83f645b7e64e7eeafd554cce3df3e381db5c847314e9bf54ba226b"},
 		{"names in another order", idem.FingerprintHeaders("x-account", "X-API-VERSION"), fpRequest("POST", "/p", "", http.Header{"X-Api-Version": {"2"}, "X-Account": {"a", ""}}), "x", "4fb375515538012f3f9960c4e8be18d53e43f9d1c68651fe438a056583827445"},
 		{"canonical JSON", idem.CanonicalJSON(), fpRequest("POST", "/p", "", nil), ` {"b":[1, 2],"a":"x"} `, "4e90e626a93e2c2b6ef8407fcd36ff24cc9d7db6c4e1def38c0d7bddb84682e3"},
+		{"canonical JSON literals", idem.CanonicalJSON(), fpRequest("POST", "/p", "", nil), `{"n":null, "t":true, "f":false, "e":[], "o":{}, "s":"\u00e9"}`, "93c8d3f2fe076e420469fb5909ed9201e6097db36e8cdc7072a91959c2bd938d"},
 	}
 }
 
