@@ -49,3 +49,39 @@ func TestDecodeRejectsHeaderNamesOutOfOrderOrTwice(t *testing.T) {
 		}
 	}
 }
+
+// A record cut short anywhere, or with a byte too many, is refused: the
+// decoder never reads a missing length as zero.
+func TestDecodeRejectsEveryTruncation(t *testing.T) {
+	full := idem.EncodeResponse(&idem.Response{
+		Status: 201,
+		Header: http.Header{"Content-Type": {"application/json"}, "Location": {"/payments/1"}, "X-Empty": {""}},
+		Body:   []byte(`{"id":1}`),
+	})
+	if _, err := idem.DecodeResponse(full); err != nil {
+		t.Fatalf("the whole record: %v", err)
+	}
+	for n := 0; n < len(full); n++ {
+		if resp, err := idem.DecodeResponse(full[:n]); !errors.Is(err, idem.ErrCorruptRecord) {
+			t.Fatalf("the first %d of %d bytes decoded to %+v, %v; want ErrCorruptRecord", n, len(full), resp, err)
+		}
+	}
+	if _, err := idem.DecodeResponse(append(full, 0)); !errors.Is(err, idem.ErrCorruptRecord) {
+		t.Fatalf("a trailing byte: %v, want ErrCorruptRecord", err)
+	}
+}
+
+// Statuses 100 to 999 are what WriteHeader accepts and what a record may
+// hold; 99 and 1000 are not.
+func TestDecodeStatusBounds(t *testing.T) {
+	for status, ok := range map[int]bool{99: false, 100: true, 999: true, 1000: false} {
+		data := idem.EncodeResponse(&idem.Response{Status: status})
+		resp, err := idem.DecodeResponse(data)
+		if ok && (err != nil || resp.Status != status) {
+			t.Errorf("status %d: %+v, %v; want it decoded", status, resp, err)
+		}
+		if !ok && !errors.Is(err, idem.ErrCorruptRecord) {
+			t.Errorf("status %d: %+v, %v; want ErrCorruptRecord", status, resp, err)
+		}
+	}
+}
