@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 // proxyBin is the idemproxy binary built once for the black-box tests.
@@ -295,10 +297,7 @@ func startPython(t *testing.T) *pyBackend {
 	t.Helper()
 	py, err := exec.LookPath("python3")
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("python3 not found")
-		}
-		t.Skip("python3 not found")
+		testenv.Unavailable(t, "python3 not found")
 	}
 	return &pyBackend{startProc(t, false, py, "testdata/backend.py")}
 }

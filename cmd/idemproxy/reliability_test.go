@@ -8,12 +8,13 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 // sharedStore returns the -store value of a shared store ("redis" or
@@ -21,14 +22,8 @@ import (
 // CI=true and skips it elsewhere (scripts/services.sh starts them).
 func sharedStore(t *testing.T, name string) string {
 	t.Helper()
-	env := map[string]string{"redis": "IDEM_REDIS_ADDR", "postgres": "IDEM_POSTGRES_DSN"}[name]
-	v := os.Getenv(env)
-	if v == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not set: run under scripts/services.sh", env)
-		}
-		t.Skipf("%s not set: run under scripts/services.sh", env)
-	}
+	env := map[string]string{"redis": testenv.RedisAddr, "postgres": testenv.PostgresDSN}[name]
+	v := testenv.Server(t, env, "a "+name+" server")
 	if name == "redis" {
 		return "redis://" + v + "/0"
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/rueidis"
+
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 // Environment variables naming the real servers that ./scripts/test.sh
@@ -21,19 +23,11 @@ const (
 	envClusterAddrs = "IDEM_REDIS_CLUSTER_ADDRS" // host:port,host:port,host:port
 )
 
-// serverEnv returns the value of env. When it is unset the test fails in CI
-// (CI=true) and is skipped elsewhere.
+// serverEnv returns the value of env (see testenv.Server: skipped when
+// unset, failed under CI=true).
 func serverEnv(tb testing.TB, env string) string {
 	tb.Helper()
-	v := os.Getenv(env)
-	if v == "" {
-		msg := env + " not set: run ./scripts/test.sh"
-		if os.Getenv("CI") == "true" {
-			tb.Fatal(msg)
-		}
-		tb.Skip(msg)
-	}
-	return v
+	return testenv.Server(tb, env, "the server "+env+" names")
 }
 
 // newClient connects to addrs (one address for a node; rueidis finds a
