@@ -58,7 +58,7 @@ func run(args []string) error {
 	fs.TextVar(&level, "log-level", slog.LevelDebug, "lowest level logged: debug logs every outcome, info conflicts, mismatches and refusals, error store failures")
 	redisClient := fs.String("redis-client", storeurl.ClientRueidis, "Redis client of redis:// stores: rueidis or go-redis")
 	replayCache := fs.Int64("replay-cache", 0, "bytes of completed responses kept in memory to answer replays with no store call (0: off)")
-	storeTimeout := fs.Duration("store-timeout", idem.DefaultStoreTimeout, "bound of every store call; a slower store call is answered 503")
+	storeTimeout := fs.Duration("store-timeout", 0, "bound of every store call, a slower one is answered 503 (0: idem's default)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

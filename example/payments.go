@@ -58,9 +58,11 @@ func newService(store idem.Store, ttl, lockTTL, storeTimeout time.Duration, logg
 	opts := []idem.Option{
 		idem.WithTTL(ttl),
 		idem.WithLockTTL(lockTTL),
-		idem.WithStoreTimeout(storeTimeout),
 		idem.WithScope(scopeOf),
 		idem.WithLogger(logger),
+	}
+	if storeTimeout > 0 {
+		opts = append(opts, idem.WithStoreTimeout(storeTimeout))
 	}
 	var reg *prometheus.Registry
 	if metrics {
