@@ -58,7 +58,30 @@ func FingerprintHeaders(names ...string) FingerprintFunc {
 func CanonicalJSON(headers ...string) FingerprintFunc {
 	canon := canonicalNames(headers)
 	return func(r *http.Request, body []byte) string {
-		if c, ok := canonicalizeJSON(body); ok {
+		if c, ok := canonicalizeJSON(body, nil); ok {
+			body = c
+		}
+		return fingerprint(r, canon, body)
+	}
+}
+
+// CanonicalJSONIgnoring returns a FingerprintFunc like CanonicalJSON that
+// also leaves out the named members of a top-level JSON object: for webhook
+// receivers whose senders put what changes on every attempt (an attempt
+// count, a send time, a signature) into the body itself. A body that
+// differs from another only in those members is the same request; a body
+// that is not a JSON object, or that CanonicalJSON would fingerprint byte for
+// byte, is fingerprinted as CanonicalJSON does. Member names are matched
+// exactly, at the top level only. The named headers are covered as in
+// FingerprintHeaders.
+//
+// Signature and timestamp headers need no option: headers count only when
+// named (FingerprintHeaders), so a fingerprint never covers them.
+func CanonicalJSONIgnoring(members []string, headers ...string) FingerprintFunc {
+	canon := canonicalNames(headers)
+	drop := append([]string(nil), members...)
+	return func(r *http.Request, body []byte) string {
+		if c, ok := canonicalizeJSON(body, drop); ok {
 			body = c
 		}
 		return fingerprint(r, canon, body)
@@ -124,13 +147,14 @@ func appendField(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// canonicalizeJSON returns body in canonical form, or false when body is
+// canonicalizeJSON returns body in canonical form, without the top-level
+// members named in drop if body is an object, or false when body is
 // not a single valid JSON value, or holds what a decoder would merge with
 // another body: a duplicate key in an object ({"a":1,"a":2} decodes as
 // {"a":2}), or an escaped lone surrogate ("\ud800" decodes as "\ufffd").
 // Canonical forms never hold either, so such a body, fingerprinted byte for
 // byte, can never share a fingerprint with a canonical one.
-func canonicalizeJSON(body []byte) ([]byte, bool) {
+func canonicalizeJSON(body []byte, drop []string) ([]byte, bool) {
 	if !utf8.Valid(body) {
 		return nil, false // decoding would replace invalid bytes, merging bodies
 	}
@@ -145,6 +169,11 @@ func canonicalizeJSON(body []byte) ([]byte, bool) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, false // anything after the value, valid or not
+	}
+	if obj, ok := v.(map[string]any); ok {
+		for _, m := range drop {
+			delete(obj, m)
+		}
 	}
 	var out bytes.Buffer
 	out.Grow(len(body))

@@ -108,3 +108,44 @@ func TestCanonicalJSONKeepsDistinctBodiesApart(t *testing.T) {
 		}
 	}
 }
+
+// CanonicalJSONIgnoring leaves out only the named top-level members: a
+// webhook whose attempt count changes in the body is the same request, a
+// change anywhere else (or in a nested member of the same name) is not.
+func TestCanonicalJSONIgnoringDropsOnlyNamedTopLevelMembers(t *testing.T) {
+	f := idem.CanonicalJSONIgnoring([]string{"attempt", "sent_at"})
+	r := httptest.NewRequest("POST", "/hooks", nil)
+	first := `{"id":"evt_1","attempt":1,"sent_at":"10:00","data":{"amount":5}}`
+	for _, s := range []string{
+		`{"data":{"amount":5},"sent_at":"10:05","attempt":2,"id":"evt_1"}`,
+		`{"id":"evt_1","data":{"amount":5}}`,
+	} {
+		if f(r, []byte(s)) != f(r, []byte(first)) {
+			t.Errorf("%s differs from %s", s, first)
+		}
+	}
+	for _, s := range []string{
+		`{"id":"evt_1","attempt":1,"sent_at":"10:00","data":{"amount":6}}`,
+		`{"id":"evt_1","attempt":1,"sent_at":"10:00","data":{"amount":5,"attempt":2}}`,
+		`{"id":"evt_1","Attempt":1,"sent_at":"10:00","data":{"amount":5}}`,
+	} {
+		if f(r, []byte(s)) == f(r, []byte(first)) {
+			t.Errorf("%s counts as %s", s, first)
+		}
+	}
+	if f(r, []byte(`[{"attempt":1}]`)) == f(r, []byte(`[{"attempt":2}]`)) {
+		t.Error("members of an object inside an array were dropped")
+	}
+	if f(r, []byte(`{"attempt":1,"attempt":2}`)) != idem.Fingerprint(r, []byte(`{"attempt":1,"attempt":2}`)) {
+		t.Error("a body with a duplicate key is not fingerprinted byte for byte")
+	}
+	if idem.CanonicalJSONIgnoring(nil)(r, []byte(first)) != idem.CanonicalJSON()(r, []byte(first)) {
+		t.Error("with no member named it is not CanonicalJSON")
+	}
+	h := idem.CanonicalJSONIgnoring([]string{"attempt"}, "X-Event-Type")
+	r2 := httptest.NewRequest("POST", "/hooks", nil)
+	r2.Header.Set("X-Event-Type", "refund")
+	if h(r, []byte(first)) == h(r2, []byte(first)) {
+		t.Error("a named header is not covered")
+	}
+}
