@@ -13,7 +13,7 @@ import (
 	"github.com/idemgo/idem/memstore"
 )
 
-// The benchmarks measure the middleware's own cost on memstore (SPEC 9):
+// The benchmarks measure the middleware's own cost on memstore:
 // time and allocations per request beyond the handler's, and store calls
 // per request.
 

@@ -12,9 +12,9 @@ import (
 	"github.com/idemgo/idem/memstore"
 )
 
-// SPEC 1.4: Do runs a unit of work at most once per key and returns its
+// Do runs a unit of work at most once per key and returns its
 // stored result to later callers.
-func TestRule1_4_DoOnce(t *testing.T) {
+func TestDoRunsWorkOnceAndReturnsItsResult(t *testing.T) {
 	st, _ := newCountingStore(t)
 	var runs atomic.Int64
 	work := func(ctx context.Context) ([]byte, error) {
@@ -37,9 +37,9 @@ func TestRule1_4_DoOnce(t *testing.T) {
 	}
 }
 
-// SPEC 1.4: concurrent workers on one key: one runs, the others learn it is
+// Concurrent workers on one key: one runs, the others learn it is
 // in progress (or wait for it with WithWait).
-func TestRule1_4_DoConcurrent(t *testing.T) {
+func TestDoConcurrentCallersRunWorkOnce(t *testing.T) {
 	st, _ := newCountingStore(t)
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -87,8 +87,8 @@ func TestRule1_4_DoConcurrent(t *testing.T) {
 	}
 }
 
-// SPEC 1.4 and 4.8: an error from the work releases the key; a panic too.
-func TestRule1_4_DoErrorAndPanicRelease(t *testing.T) {
+// An error from the work releases the key; a panic too.
+func TestDoErrorAndPanicReleaseKey(t *testing.T) {
 	st, _ := newCountingStore(t)
 	boom := errors.New("smtp: temporary failure")
 	_, err := idem.Do(context.Background(), st, "job", "fp", func(context.Context) ([]byte, error) { return nil, boom })
@@ -112,9 +112,9 @@ func TestRule1_4_DoErrorAndPanicRelease(t *testing.T) {
 	}
 }
 
-// SPEC 1.4 / 4.11: store errors are wrapped in ErrStoreUnavailable and the
+// Store errors are wrapped in ErrStoreUnavailable and the
 // work does not run.
-func TestRule1_4_DoStoreDown(t *testing.T) {
+func TestDoWrapsStoreErrors(t *testing.T) {
 	st, _ := newCountingStore(t)
 	st.set(func(s *countingStore) { s.claimErr = errors.New("i/o timeout") })
 	ran := false
@@ -127,8 +127,8 @@ func TestRule1_4_DoStoreDown(t *testing.T) {
 	}
 }
 
-// SPEC 4.6 for Do: a dead worker's lease expires, then the next one runs.
-func TestRule1_4_DoDeadWorker(t *testing.T) {
+// A dead worker's lease expires, then the next caller of Do runs the work.
+func TestDoRunsAgainAfterDeadWorkersLease(t *testing.T) {
 	clock := newFakeClock()
 	st, mem := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
 	if _, err := mem.Claim(context.Background(), idem.JobKeyForTest("job"), "dead", "fp", 5*time.Second); err != nil {
@@ -146,7 +146,7 @@ func TestRule1_4_DoDeadWorker(t *testing.T) {
 
 // What Do returns is the caller's: changing it does not change what later
 // callers get.
-func TestRule1_4_DoResultIsACopy(t *testing.T) {
+func TestDoResultIsACopy(t *testing.T) {
 	st, _ := newCountingStore(t)
 	work := func(context.Context) ([]byte, error) { return []byte("done"), nil }
 	first, _ := idem.Do(context.Background(), st, "job", "fp", work)

@@ -8,9 +8,9 @@ import (
 	"github.com/idemgo/idem"
 )
 
-// SPEC 3.1: SHA-256 over method, path with query, and body; any change in
+// SHA-256 over method, path with query, and body; any change in
 // one of them changes the fingerprint.
-func TestRule3_1_Fingerprint(t *testing.T) {
+func TestFingerprintCoversMethodPathQueryAndBody(t *testing.T) {
 	base := httptest.NewRequest("POST", "/payments?a=1", nil)
 	fp := idem.Fingerprint(base, []byte(`{"amount":1}`))
 	if len(fp) != 64 || strings.Trim(fp, "0123456789abcdef") != "" {

@@ -161,7 +161,7 @@ type problemBody struct {
 }
 
 // wantProblem checks that w is an RFC 9457 problem response with status
-// and a type ending in slug (SPEC 5), and returns it.
+// and a type ending in slug, and returns it.
 func wantProblem(t *testing.T, w *httptest.ResponseRecorder, status int, slug string) problemBody {
 	t.Helper()
 	if w.Code != status {

@@ -17,9 +17,9 @@ import (
 	"github.com/idemgo/idem/memstore"
 )
 
-// SPEC 1.2: POST and PATCH are protected by default; other methods pass
+// POST and PATCH are protected by default; other methods pass
 // straight through, untouched, with no store call.
-func TestRule1_2_DefaultMethods(t *testing.T) {
+func TestProtectsPostAndPatchByDefault(t *testing.T) {
 	for _, method := range []string{"GET", "HEAD", "PUT", "DELETE", "OPTIONS"} {
 		st, _ := newCountingStore(t)
 		h := &payments{}
@@ -44,8 +44,8 @@ func TestRule1_2_DefaultMethods(t *testing.T) {
 	}
 }
 
-// SPEC 1.2: the set of methods is configurable.
-func TestRule1_2_ConfiguredMethods(t *testing.T) {
+// The set of methods is configurable.
+func TestProtectsConfiguredMethods(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	mw := idem.New(st, idem.WithMethods("PUT"))(h)
@@ -57,8 +57,8 @@ func TestRule1_2_ConfiguredMethods(t *testing.T) {
 	}
 }
 
-// SPEC 1.2: a passed-through request reaches the handler untouched.
-func TestRule1_2_PassThroughUntouched(t *testing.T) {
+// A passed-through request reaches the handler untouched.
+func TestUnprotectedRequestPassesThroughUntouched(t *testing.T) {
 	st, _ := newCountingStore(t)
 	var gotBody io.ReadCloser
 	var gotW http.ResponseWriter
@@ -74,8 +74,8 @@ func TestRule1_2_PassThroughUntouched(t *testing.T) {
 	}
 }
 
-// SPEC 1.3: each middleware carries its own settings over one store.
-func TestRule1_3_PerRouteSettings(t *testing.T) {
+// Each middleware carries its own settings over one store.
+func TestEachMiddlewareKeepsItsOwnSettings(t *testing.T) {
 	clock := newFakeClock()
 	st, _ := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
 	h := &payments{}
@@ -108,8 +108,8 @@ func TestRule1_3_PerRouteSettings(t *testing.T) {
 	}
 }
 
-// SPEC 2.1: the header name is configurable.
-func TestRule2_1_HeaderName(t *testing.T) {
+// The header name is configurable.
+func TestKeyHeaderNameIsConfigurable(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	mw := idem.New(st, idem.WithHeader("x-request-key"))(h)
@@ -122,8 +122,8 @@ func TestRule2_1_HeaderName(t *testing.T) {
 	}
 }
 
-// SPEC 2.2: the bare form and the sf-string form name the same key.
-func TestRule2_2_BareAndQuotedKeys(t *testing.T) {
+// The bare form and the sf-string form name the same key.
+func TestBareAndQuotedKeysAreOneKey(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	mw := idem.New(st)(h)
@@ -142,8 +142,8 @@ func TestRule2_2_BareAndQuotedKeys(t *testing.T) {
 	}
 }
 
-// SPEC 2.3: a missing key passes through by default, 400 when required.
-func TestRule2_3_MissingKey(t *testing.T) {
+// A missing key passes through by default, 400 when required.
+func TestMissingKeyPassesThroughUnlessRequired(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	do(idem.New(st)(h), "POST", "/", "", "x")
@@ -162,9 +162,9 @@ func TestRule2_3_MissingKey(t *testing.T) {
 	}
 }
 
-// SPEC 2.4: malformed keys are answered 400 with no handler run and no
+// Malformed keys are answered 400 with no handler run and no
 // store call; two lines with the same value name one key.
-func TestRule2_4_MalformedKeys(t *testing.T) {
+func TestMalformedKeyAnswered400WithoutStoreCall(t *testing.T) {
 	long := strings.Repeat("k", 256)
 	cases := []struct {
 		name   string
@@ -231,8 +231,8 @@ func TestRule2_4_MalformedKeys(t *testing.T) {
 	})
 }
 
-// SPEC 2.5: the scope is part of the stored key.
-func TestRule2_5_Scope(t *testing.T) {
+// The scope is part of the stored key.
+func TestScopeIsPartOfStoredKey(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	mw := idem.New(st, idem.WithScope(func(r *http.Request) string { return r.Header.Get("Account") }))(h)
@@ -256,9 +256,9 @@ func TestRule2_5_Scope(t *testing.T) {
 	}
 }
 
-// SPEC 3.1: the fingerprint covers method, path, query and body; a
+// The fingerprint covers method, path, query and body; a
 // different one is a 422.
-func TestRule3_1_FingerprintCoverage(t *testing.T) {
+func TestMismatchOnMethodPathQueryOrBodyIs422(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	mw := idem.New(st, idem.WithMethods("POST", "PATCH"))(h)
@@ -279,9 +279,9 @@ func TestRule3_1_FingerprintCoverage(t *testing.T) {
 	}
 }
 
-// SPEC 3.1: chosen headers count; the function is replaceable, e.g. by
+// Chosen headers count; the function is replaceable, e.g. by
 // canonical JSON.
-func TestRule3_1_FingerprintOptions(t *testing.T) {
+func TestFingerprintOptionsChooseWhatCounts(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	withHdr := idem.New(st, idem.WithFingerprint(idem.FingerprintHeaders("api-version")))(h)
@@ -304,9 +304,9 @@ func TestRule3_1_FingerprintOptions(t *testing.T) {
 	}
 }
 
-// SPEC 3.2: the body is bounded (413, handler not run) and the handler
+// The body is bounded (413, handler not run) and the handler
 // reads the same bytes.
-func TestRule3_2_BodyLimit(t *testing.T) {
+func TestBodyOverLimitIs413AndHandlerReadsSameBytes(t *testing.T) {
 	st, _ := newCountingStore(t)
 	var got []byte
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -348,9 +348,9 @@ func TestRule3_2_BodyLimit(t *testing.T) {
 	}
 }
 
-// SPEC 4.2: a different fingerprint is a 422 whether the key is in flight
+// A different fingerprint is a 422 whether the key is in flight
 // or completed.
-func TestRule4_2_MismatchInFlightAndCompleted(t *testing.T) {
+func TestMismatchIs422InFlightAndCompleted(t *testing.T) {
 	st, _ := newCountingStore(t)
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -371,9 +371,9 @@ func TestRule4_2_MismatchInFlightAndCompleted(t *testing.T) {
 	wantProblem(t, do(mw, "POST", "/", "k", "second"), 422, "key-reused")
 }
 
-// SPEC 4.3: a duplicate of an in-flight request gets 409 with Retry-After
+// A duplicate of an in-flight request gets 409 with Retry-After
 // (seconds left on the lease, rounded up, at least 1).
-func TestRule4_3_ConflictRetryAfter(t *testing.T) {
+func TestDuplicateInFlightGets409WithRetryAfter(t *testing.T) {
 	clock := newFakeClock()
 	st, mem := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
 	h := &payments{}
@@ -402,9 +402,9 @@ func TestRule4_3_ConflictRetryAfter(t *testing.T) {
 	}
 }
 
-// SPEC 4.3: the optional wait mode waits for the first request and replays
+// The optional wait mode waits for the first request and replays
 // its response, bounded by a timeout.
-func TestRule4_3_WaitMode(t *testing.T) {
+func TestWaitModeReplaysFirstResponse(t *testing.T) {
 	st, _ := newCountingStore(t)
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -443,10 +443,10 @@ func TestRule4_3_WaitMode(t *testing.T) {
 	close(block)
 }
 
-// SPEC 4.4: a completed key replays status, headers and body byte for byte,
+// A completed key replays status, headers and body byte for byte,
 // with Idempotent-Replayed: true, without running the handler, in one store
 // call.
-func TestRule4_4_Replay(t *testing.T) {
+func TestReplayIsByteForByte(t *testing.T) {
 	st, _ := newCountingStore(t)
 	body := make([]byte, 300)
 	for i := range body {
@@ -489,9 +489,9 @@ func TestRule4_4_Replay(t *testing.T) {
 	}
 }
 
-// SPEC 4.5: the response is recorded (COMPLETED, retention TTL) before it is
+// The response is recorded (COMPLETED, retention TTL) before it is
 // sent.
-func TestRule4_5_RecordedBeforeSent(t *testing.T) {
+func TestResponseRecordedBeforeSent(t *testing.T) {
 	st, mem := newCountingStore(t)
 	mw := idem.New(st)(&payments{})
 	w := &checkingWriter{ResponseRecorder: httptest.NewRecorder(), check: func() {
@@ -520,8 +520,8 @@ func (w *checkingWriter) WriteHeader(code int) {
 	w.ResponseRecorder.WriteHeader(code)
 }
 
-// SPEC 4.5: the retention TTL is honoured: after it, the key is new again.
-func TestRule4_5_RetentionTTL(t *testing.T) {
+// The retention TTL is honoured: after it, the key is new again.
+func TestKeyIsNewAgainAfterRetentionTTL(t *testing.T) {
 	clock := newFakeClock()
 	st, _ := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
 	h := &payments{}
@@ -538,9 +538,9 @@ func TestRule4_5_RetentionTTL(t *testing.T) {
 	}
 }
 
-// SPEC 4.5 (and the README's decision): when the response cannot be
+// When the response cannot be
 // recorded, the client gets a 503 problem, never the unrecorded response.
-func TestRule4_5_CompleteFailsAnswers503(t *testing.T) {
+func TestUnrecordedResponseAnswered503(t *testing.T) {
 	st, _ := newCountingStore(t)
 	st.set(func(s *countingStore) { s.completeErr = errors.New("connection reset by peer") })
 	var ev events
@@ -568,9 +568,9 @@ func TestRule4_5_CompleteFailsAnswers503(t *testing.T) {
 	}
 }
 
-// SPEC 4.6: the lease is renewed while the handler runs, so a handler
+// The lease is renewed while the handler runs, so a handler
 // slower than the lock TTL keeps its key.
-func TestRule4_6_LeaseRenewal(t *testing.T) {
+func TestLeaseRenewedWhileHandlerRuns(t *testing.T) {
 	st, _ := newCountingStore(t)
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -597,9 +597,9 @@ func TestRule4_6_LeaseRenewal(t *testing.T) {
 	}
 }
 
-// SPEC 9 / 4.6: a handler shorter than the renewal interval costs no
+// A handler shorter than the renewal interval costs no
 // renewal: a new key costs exactly 2 store calls.
-func TestRule4_6_ShortHandlerNoRenewal(t *testing.T) {
+func TestShortHandlerCostsNoRenewal(t *testing.T) {
 	st, _ := newCountingStore(t)
 	mw := idem.New(st)(&payments{})
 	do(mw, "POST", "/", "k", "")
@@ -608,9 +608,9 @@ func TestRule4_6_ShortHandlerNoRenewal(t *testing.T) {
 	}
 }
 
-// SPEC 4.6: if the owner dies, its lease expires after the lock TTL and a
+// If the owner dies, its lease expires after the lock TTL and a
 // retry runs the handler again.
-func TestRule4_6_DeadOwnerLeaseExpires(t *testing.T) {
+func TestDeadOwnersLeaseExpires(t *testing.T) {
 	clock := newFakeClock()
 	st, mem := newCountingStore(t, memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
 	h := &payments{}
@@ -630,9 +630,9 @@ func TestRule4_6_DeadOwnerLeaseExpires(t *testing.T) {
 	}
 }
 
-// SPEC 4.7: an owner whose lease was lost does not record its response;
+// An owner whose lease was lost does not record its response;
 // the client gets a 503 and the hook reports lock lost.
-func TestRule4_7_LockLost(t *testing.T) {
+func TestOwnerThatLostLeaseDoesNotRecord(t *testing.T) {
 	st, _ := newCountingStore(t)
 	st.set(func(s *countingStore) { s.renewErr = idem.ErrLockLost })
 	var ev events
@@ -659,9 +659,9 @@ func TestRule4_7_LockLost(t *testing.T) {
 	}
 }
 
-// SPEC 4.8: by default 2xx-4xx are stored, 5xx are not and the key is
+// By default 2xx-4xx are stored, 5xx are not and the key is
 // released.
-func TestRule4_8_DefaultPolicy(t *testing.T) {
+func TestDefaultPolicyKeeps2xxTo4xxReleases5xx(t *testing.T) {
 	for _, tc := range []struct {
 		status int
 		stored bool
@@ -684,9 +684,9 @@ func TestRule4_8_DefaultPolicy(t *testing.T) {
 	}
 }
 
-// SPEC 4.8: the policy is configurable, and a handler can mark its request
+// The policy is configurable, and a handler can mark its request
 // committed so that even its 5xx is stored.
-func TestRule4_8_PolicyAndMarkCommitted(t *testing.T) {
+func TestResponsePolicyAndMarkCommitted(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{status: 404}
 	mw := idem.New(st, idem.WithResponsePolicy(func(s int) bool { return s < 400 }))(h)
@@ -715,8 +715,8 @@ func TestRule4_8_PolicyAndMarkCommitted(t *testing.T) {
 	}
 }
 
-// SPEC 4.9: a panic releases the key and goes on.
-func TestRule4_9_PanicReleases(t *testing.T) {
+// A panic releases the key and goes on.
+func TestPanicReleasesKey(t *testing.T) {
 	st, _ := newCountingStore(t)
 	panics := true
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -744,9 +744,9 @@ func TestRule4_9_PanicReleases(t *testing.T) {
 	}
 }
 
-// SPEC 4.10: a client that disconnects does not stop the record from being
+// A client that disconnects does not stop the record from being
 // written.
-func TestRule4_10_ClientDisconnect(t *testing.T) {
+func TestClientDisconnectDoesNotStopRecording(t *testing.T) {
 	st, _ := newCountingStore(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &payments{}
@@ -762,9 +762,9 @@ func TestRule4_10_ClientDisconnect(t *testing.T) {
 	}
 }
 
-// SPEC 4.11: store down or timing out → 503 with Retry-After, handler not
+// Store down or timing out → 503 with Retry-After, handler not
 // run; fail-open runs it.
-func TestRule4_11_StoreFailure(t *testing.T) {
+func TestStoreFailureAnswered503HandlerNotRun(t *testing.T) {
 	st, _ := newCountingStore(t)
 	st.set(func(s *countingStore) { s.claimErr = errors.New("dial tcp 10.0.0.7:6379: connection refused") })
 	h := &payments{}
@@ -794,9 +794,9 @@ func TestRule4_11_StoreFailure(t *testing.T) {
 	}
 }
 
-// SPEC 4.12: a response over the limit is streamed, never run twice; a
+// A response over the limit is streamed, never run twice; a
 // duplicate gets a 409 response-not-replayable problem.
-func TestRule4_12_LargeResponse(t *testing.T) {
+func TestLargeResponseStreamedAndNeverRerun(t *testing.T) {
 	st, _ := newCountingStore(t)
 	big := bytes.Repeat([]byte("0123456789"), 300)
 	runs := 0
@@ -819,8 +819,8 @@ func TestRule4_12_LargeResponse(t *testing.T) {
 	}
 }
 
-// SPEC 4.12: a handler that flushes streams; it is never run twice.
-func TestRule4_12_Flush(t *testing.T) {
+// A handler that flushes streams; it is never run twice.
+func TestFlushedResponseStreamedAndNeverRerun(t *testing.T) {
 	st, _ := newCountingStore(t)
 	runs := 0
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -855,8 +855,8 @@ func TestRule4_12_Flush(t *testing.T) {
 	}
 }
 
-// SPEC 7: the handler reads its key and scope from the context.
-func TestRule7_KeyAndScopeInContext(t *testing.T) {
+// The handler reads its key and scope from the context.
+func TestHandlerReadsKeyAndScopeFromContext(t *testing.T) {
 	st, _ := newCountingStore(t)
 	var key, scope string
 	var ok, scoped bool
@@ -874,8 +874,8 @@ func TestRule7_KeyAndScopeInContext(t *testing.T) {
 	}
 }
 
-// SPEC 7: every outcome reaches the hook.
-func TestRule7_HookOutcomes(t *testing.T) {
+// Every outcome reaches the hook.
+func TestHookSeesEveryOutcome(t *testing.T) {
 	st, _ := newCountingStore(t)
 	var ev events
 	h := &payments{}
@@ -937,9 +937,9 @@ func TestInvalidOptions(t *testing.T) {
 	idem.New(st, idem.WithTTL(-1))
 }
 
-// SPEC 7: outcomes are logged through log/slog when a logger is given,
+// Outcomes are logged through log/slog when a logger is given,
 // store errors at Error without reaching the client.
-func TestRule7_Logging(t *testing.T) {
+func TestOutcomesLoggedThroughSlog(t *testing.T) {
 	st, _ := newCountingStore(t)
 	var buf bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -973,10 +973,10 @@ func (s retryingStore) Claim(ctx context.Context, key, token, fp string, lease t
 	return s.Store.Claim(ctx, key, token, fp, lease)
 }
 
-// SPEC 4.1: a claim that a store client retried after losing its reply
+// A claim that a store client retried after losing its reply
 // still owns the key: the request runs, instead of meeting its own record
 // as a 409 until the lease ends.
-func TestRule4_1_RetriedClaimOwnsKey(t *testing.T) {
+func TestRetriedClaimOwnsKey(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	mw := idem.New(retryingStore{st})(h)
@@ -997,10 +997,10 @@ func (s lostReplyStore) Claim(ctx context.Context, key, token, fp string, lease 
 	return nil, errors.New("read tcp: i/o timeout")
 }
 
-// SPEC 4.11: a claim that failed but may have landed is released again, so
+// A claim that failed but may have landed is released again, so
 // that the client's retry after Retry-After is not refused with 409 by the
 // first attempt's record until its lease ends.
-func TestRule4_11_FailedClaimReleased(t *testing.T) {
+func TestFailedClaimReleasedAgain(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
 	wantProblem(t, do(idem.New(lostReplyStore{st})(h), "POST", "/", "k", ""), 503, "store-unavailable")
@@ -1024,9 +1024,9 @@ func TestBodyNotReusedAfterRequest(t *testing.T) {
 	}
 }
 
-// SPEC 4.11 and 7: in fail-open mode the handler still gets the body and its
+// In fail-open mode the handler still gets the body and its
 // key, and the caller's request is left as it was.
-func TestRule4_11_FailOpenRequest(t *testing.T) {
+func TestFailOpenHandlerGetsBodyAndKey(t *testing.T) {
 	st, _ := newCountingStore(t)
 	st.set(func(s *countingStore) { s.claimErr = errors.New("down") })
 	var key, body string
@@ -1073,8 +1073,8 @@ func TestContentTypeParity(t *testing.T) {
 	}
 }
 
-// SPEC 4.12: a streamed response is never run twice, whatever its status.
-func TestRule4_12_Streamed5xxNotRerun(t *testing.T) {
+// A streamed response is never run twice, whatever its status.
+func TestStreamed5xxNeverRerun(t *testing.T) {
 	st, _ := newCountingStore(t)
 	runs := 0
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

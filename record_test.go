@@ -53,10 +53,10 @@ func TestResponseEncodingDeterministic(t *testing.T) {
 	}
 }
 
-// SPEC 6.5: records carry a format version. A record written in format 1
+// Records carry a format version. A record written in format 1
 // by this release must be read the same by every later one: the bytes
 // below are a format-1 record and must keep decoding.
-func TestRule6_5_FormatVersion(t *testing.T) {
+func TestRecordFormatVersion1StillDecodes(t *testing.T) {
 	v1, _ := hex.DecodeString("0100c90101" + "0c436f6e74656e742d54797065" + "01" + "1070726f626c656d2b6a736f6e3b763d31" + "05" + "68656c6c6f")
 	got, err := idem.DecodeResponse(v1)
 	if err != nil {

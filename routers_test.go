@@ -13,8 +13,8 @@ import (
 	"github.com/idemgo/idem/memstore"
 )
 
-// SPEC 1.1: http.ServeMux, with Go 1.22 method patterns.
-func TestRule1_1_ServeMux(t *testing.T) {
+// http.ServeMux works in front of idem, with Go 1.22 method patterns.
+func TestServeMuxMethodPatterns(t *testing.T) {
 	st := memstore.New()
 	defer st.Close()
 	h := &payments{}

@@ -56,7 +56,7 @@ func wantProblemReply(t *testing.T, r reply, status int) {
 	}
 }
 
-// SPEC 8: the example's interface, on the in-memory store.
+// The example's interface, on the in-memory store.
 func TestServiceInterface(t *testing.T) {
 	p := startExample(t)
 	body := `{"amount": 1000, "currency": "eur"}`
@@ -135,7 +135,7 @@ func TestServiceInterface(t *testing.T) {
 	}
 }
 
-// SPEC 8 and 4.3: a duplicate of a payment in flight gets 409 with
+// A duplicate of a payment in flight gets 409 with
 // Retry-After no larger than the -lock-ttl.
 func TestServiceConflictAndLockTTL(t *testing.T) {
 	p := startExample(t, "-lock-ttl", "3s")
@@ -161,7 +161,7 @@ func TestServiceConflictAndLockTTL(t *testing.T) {
 	}
 }
 
-// SPEC 8: -ttl sets the retention.
+// -ttl sets the retention.
 func TestServiceTTLFlag(t *testing.T) {
 	p := startExample(t, "-ttl", "1s", "-lock-ttl", "500ms")
 	body := `{"amount": 1, "currency": "eur"}`
@@ -175,7 +175,7 @@ func TestServiceTTLFlag(t *testing.T) {
 	}
 }
 
-// SPEC 8: bad flags and unknown stores fail with a clear message.
+// Bad flags and unknown stores fail with a clear message.
 func TestServiceBadFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -194,7 +194,7 @@ func TestServiceBadFlags(t *testing.T) {
 	}
 }
 
-// SPEC 8 (end to end, SPEC 4.1): 50 concurrent copies of one request on
+// End to end: 50 concurrent copies of one request on
 // one process run the handler once; every answer is the same 201 or a 409.
 func TestServiceConcurrentDuplicates(t *testing.T) {
 	p := startExample(t)
@@ -305,7 +305,7 @@ func durableStores(t *testing.T) map[string]string {
 	return specs
 }
 
-// SPEC 8: several processes share one durable store, and a restarted
+// Several processes share one durable store, and a restarted
 // process replays what an earlier one recorded, whichever Redis client each
 // process uses.
 func TestServiceSharedDurableStores(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"github.com/idemgo/idem/storetest"
 )
 
-// SPEC 6.1: memstore passes the shared conformance suite, in real time.
+// memstore passes the shared conformance suite, in real time.
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) idem.Store {
 		s := memstore.New()
@@ -57,7 +57,7 @@ func TestConformanceFakeClock(t *testing.T) {
 	})
 }
 
-// SPEC 6.2: expired records are swept, and an expired record counts as
+// Expired records are swept, and an expired record counts as
 // absent even before the sweep.
 func TestSweep(t *testing.T) {
 	c := &fakeClock{now: time.Unix(1_700_000_000, 0)}

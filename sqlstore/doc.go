@@ -50,7 +50,7 @@
 // fingerprint longer than a BLOB's 65535 bytes, with an error, rather than
 // let a server in a non-strict SQL mode cut it short.
 //
-// Every record carries a format version (SPEC 6.5). This release writes
+// Every record carries a format version. This release writes
 // and reads version 1; Claim answers a record of any other version (or an
 // unknown state) with an error wrapping idem.ErrCorruptRecord, never with a
 // record it cannot read, and Complete, Release and Renew treat it as not

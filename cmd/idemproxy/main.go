@@ -9,7 +9,7 @@
 //
 //	-addr ADDR              listen address (default 127.0.0.1:8081)
 //	-upstream URL           the service behind the proxy (required)
-//	-store SPEC             memory, sqlite:PATH, redis://…, redis-cluster://…,
+//	-store URL              memory, sqlite:PATH, redis://…, redis-cluster://…,
 //	                        postgres://…, mysql://… (default memory)
 //	-redis-client NAME      rueidis (default) or go-redis, for redis:// stores
 //	-ttl D                  how long responses are replayed (default 24h)

@@ -29,7 +29,7 @@ func (p partitioned) Renew(ctx context.Context, key, token string, lease time.Du
 	return errPartitioned
 }
 
-// Fencing (SPEC 4.7) on Redis: an owner whose lease ran out cannot
+// Fencing on Redis: an owner whose lease ran out cannot
 // overwrite or delete the record of the owner that took the key over.
 func TestRedisFencing(t *testing.T) {
 	addr := testenv.Server(t, testenv.RedisAddr, "a Redis server")

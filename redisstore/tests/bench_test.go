@@ -7,7 +7,7 @@ import (
 	"github.com/idemgo/idem/storetest"
 )
 
-// SPEC 9: the store's share of a new request and a replay (Claim, Complete,
+// The store's share of a new request and a replay (Claim, Complete,
 // Claim), under parallel load.
 
 func BenchmarkMiniredis(b *testing.B) {

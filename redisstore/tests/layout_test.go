@@ -33,7 +33,7 @@ func hash(t *testing.T, m *miniredis.Miniredis, key string) map[string]string {
 }
 
 // The documented key layout: one hash per key under the prefix, its fields,
-// and the lease and retention as Redis TTLs (SPEC 4.5, 4.6, 6.3, 6.5).
+// and the lease and retention as Redis TTLs.
 func TestKeyLayout(t *testing.T) {
 	m, c := newMini(t)
 	st := redisstore.New(c)
@@ -194,7 +194,7 @@ func TestMillisecondsRoundUp(t *testing.T) {
 	}
 }
 
-// SPEC 6.5: a record in format 1, as an earlier release wrote it, reads back.
+// A record in format 1, as an earlier release wrote it, reads back.
 func TestReadsFormatVersion1(t *testing.T) {
 	m, c := newMini(t)
 	st := redisstore.New(c)
@@ -243,7 +243,7 @@ func TestReadsFormatVersion1(t *testing.T) {
 	}
 }
 
-// SPEC 6.5: what this release cannot read is an error (the middleware
+// What this release cannot read is an error (the middleware
 // answers 503), never a free key, a wrong record or ErrLockLost; the record
 // stays as it is.
 func TestRejectsUnknownRecords(t *testing.T) {

@@ -106,7 +106,7 @@ func newMini(tb testing.TB) (*miniredis.Miniredis, *redis.Client) {
 	return m, c
 }
 
-// SPEC 6.1, 6.3: the conformance suite on miniredis, one server per
+// The conformance suite on miniredis, one server per
 // sub-test; FastForward moves its clock, so the expiry tests are instant.
 func TestConformanceMiniredis(t *testing.T) {
 	var servers sync.Map // *testing.T -> *miniredis.Miniredis
@@ -129,7 +129,7 @@ func TestConformanceMiniredis(t *testing.T) {
 	})
 }
 
-// SPEC 6.1, 6.3: the conformance suite on a real Redis, in real time.
+// The conformance suite on a real Redis, in real time.
 func TestConformanceRedis(t *testing.T) {
 	c := realClient(t)
 	prefix := runPrefix(t, c)
@@ -141,7 +141,7 @@ func TestConformanceRedis(t *testing.T) {
 	})
 }
 
-// SPEC 6.3: the conformance suite on a real three-node Redis Cluster.
+// The conformance suite on a real three-node Redis Cluster.
 func TestConformanceCluster(t *testing.T) {
 	c := clusterClient(t)
 	prefix := runPrefix(t, c)
@@ -230,7 +230,7 @@ func (c *counter) take() []string {
 	return cmds
 }
 
-// SPEC 4.1, 9: every operation is one round trip once the scripts are on
+// Every operation is one round trip once the scripts are on
 // the server; a new key costs 2, a replay 1, a conflict 1.
 func TestRoundTrips(t *testing.T) {
 	t.Run("miniredis", func(t *testing.T) {
@@ -361,7 +361,7 @@ func TestFirstUseOfScript(t *testing.T) {
 	}
 }
 
-// SPEC 4.11: when Redis fails, every operation returns an error, and never
+// When Redis fails, every operation returns an error, and never
 // ErrLockLost (which would mean "someone else owns the key") nor a claim.
 func TestBackendFailure(t *testing.T) {
 	ctx := context.Background()

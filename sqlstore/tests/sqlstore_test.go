@@ -15,7 +15,7 @@ import (
 	"github.com/idemgo/idem/sqlstore"
 )
 
-// SPEC 6.1, 6.4: every dialect passes the shared conformance suite, on a
+// Every dialect passes the shared conformance suite, on a
 // real database, all sub-tests sharing one table as processes would.
 func TestConformance(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
@@ -106,7 +106,7 @@ func TestSQLiteTwoHandlesOneFile(t *testing.T) {
 	}
 }
 
-// SPEC 9: a replay costs 1 statement, a conflict 1, Renew and Release 1
+// A replay costs 1 statement, a conflict 1, Renew and Release 1
 // each, and a new key 2 (claim, complete) on PostgreSQL. SQLite and MySQL
 // read before they write, so that a replay is a plain read rather than a
 // write: a new key costs them 3 statements.
@@ -167,7 +167,7 @@ func TestStatementCount(t *testing.T) {
 	})
 }
 
-// SPEC 4.1, 4.6: an expired in-progress record is taken over by exactly one
+// An expired in-progress record is taken over by exactly one
 // of many concurrent claimers; the others see the new owner's record.
 func TestTakeoverOneWinner(t *testing.T) {
 	for _, b := range append(backends[:len(backends):len(backends)], mysqlFoundRows()) {
@@ -232,7 +232,7 @@ func takeoverOneWinner(t *testing.T, b backend) {
 	}
 }
 
-// SPEC 4.1 on PostgreSQL under READ COMMITTED: a Claim whose statement
+// On PostgreSQL under READ COMMITTED, a Claim whose statement
 // snapshot predates a record committed by a concurrent transaction (a new
 // record, or the takeover of an expired one) returns that record. It never
 // claims the key and never fails.
@@ -419,7 +419,7 @@ func TestNewRefusesBadArguments(t *testing.T) {
 	}
 }
 
-// SPEC 6.5: a record of a format version this release does not know, or
+// A record of a format version this release does not know, or
 // with an unknown state, is an error, never replayed and never claimed.
 func TestUnknownRecordIsAnError(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
