@@ -17,6 +17,7 @@ import (
 
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/internal/storeurl"
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 var testSecrets = map[string][]byte{"acme": []byte("acme-secret"), "globex": []byte("globex-secret")}
@@ -70,7 +71,7 @@ func receiverStores(t *testing.T) map[string]string {
 	for name, env := range map[string]string{"redis": "IDEM_REDIS_ADDR", "postgres": "IDEM_POSTGRES_DSN"} {
 		v := os.Getenv(env)
 		switch {
-		case v == "" && os.Getenv("CI") == "true":
+		case v == "" && testenv.InCI():
 			t.Errorf("%s not set: the %s receiver test needs it", env, name)
 		case v == "":
 			t.Logf("%s not set: the receiver test runs without %s", env, name)

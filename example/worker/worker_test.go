@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 const (
@@ -26,22 +28,11 @@ const (
 // skipped elsewhere.
 func workerStore(t *testing.T, name string) string {
 	t.Helper()
-	env := map[string]string{"redis": "IDEM_REDIS_ADDR", "postgres": "IDEM_POSTGRES_DSN"}[name]
-	v := os.Getenv(env)
-	if v == "" {
-		msg := fmt.Sprintf("%s not set: the worker tests need %s; run scripts/services.sh or ./scripts/test.sh", env, name)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	if testing.Short() {
-		t.Skip("starts worker processes; skipped under -short")
-	}
+	testenv.SkipShort(t, "starts worker processes")
 	if name == "redis" {
-		return "redis://" + v + "/0"
+		return "redis://" + testenv.Server(t, "IDEM_REDIS_ADDR", "a Redis node") + "/0"
 	}
-	return v
+	return testenv.Server(t, "IDEM_POSTGRES_DSN", "PostgreSQL")
 }
 
 var (
