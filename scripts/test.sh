@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full check suite, the one command CI runs (.ci/run): gofmt, then in
-# every module of the repository go vet, a `go mod tidy` check and
-# `go test -race`, against real throwaway servers that scripts/services.sh
+# every module of the repository a `go mod tidy` check, go vet, staticcheck
+# and `go test -race`, against real throwaway servers that scripts/services.sh
 # starts on free loopback ports and always stops on exit; then short fuzz
 # runs (scripts/fuzz.sh).
 #
@@ -41,9 +41,19 @@ mapfile -t MODULES < <({ git ls-files -co --exclude-standard 'go.mod' '*/go.mod'
 log "$(go version); modules: ${MODULES[*]}"
 unformatted=$(gofmt -l .)
 [ -z "$unformatted" ] || die "gofmt -l lists:"$'\n'"$unformatted"
+# staticcheck, at a pinned version, installed into GOPATH/bin when missing
+# (it comes from the module proxy like any module).
+STATICCHECK_VERSION=v0.8.2
+STATICCHECK="$(go env GOPATH)/bin/staticcheck"
+if ! "$STATICCHECK" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+	log "installing staticcheck $STATICCHECK_VERSION"
+	GOWORK=off GOFLAGS=-mod=mod go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION" ||
+		die "could not install staticcheck"
+fi
 for m in "${MODULES[@]}"; do
 	(cd "$m" && GOWORK=off go mod tidy -diff) || die "$m: go.mod or go.sum is not tidy (run go mod tidy there)"
 	(cd "$m" && GOWORK=off go vet ./...) || die "$m: go vet failed"
+	(cd "$m" && GOWORK=off "$STATICCHECK" ./...) || die "$m: staticcheck failed"
 done
 
 # --- services -------------------------------------------------------------------

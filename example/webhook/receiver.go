@@ -104,8 +104,8 @@ func verify(secrets map[string][]byte, next http.Handler) http.Handler {
 			writeProblem(w, http.StatusBadRequest, "Body unreadable", "The delivery's body could not be read.")
 			return
 		}
-		if err := checkSignature(secret, r.Header.Get(headerTimestamp), r.Header.Get(headerSignature), body, time.Now()); err != nil {
-			writeProblem(w, http.StatusUnauthorized, "Bad signature", err.Error())
+		if detail := signatureProblem(secret, r.Header.Get(headerTimestamp), r.Header.Get(headerSignature), body, time.Now()); detail != "" {
+			writeProblem(w, http.StatusUnauthorized, "Bad signature", detail)
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -122,21 +122,22 @@ func sign(secret []byte, ts string, body []byte) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// checkSignature returns a client-safe error when sig is not the signature
-// of body at ts, or ts is not within tolerance of now.
-func checkSignature(secret []byte, ts, sig string, body []byte, now time.Time) error {
+// signatureProblem returns the detail of a client-safe problem when sig is
+// not the signature of body at ts, or ts is not within tolerance of now,
+// and "" when both are good.
+func signatureProblem(secret []byte, ts, sig string, body []byte, now time.Time) string {
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return errors.New("The " + headerTimestamp + " header is missing or not Unix seconds.")
+		return "The " + headerTimestamp + " header is missing or not Unix seconds."
 	}
 	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
-		return errors.New("The " + headerTimestamp + " is too far from the receiver's clock.")
+		return "The " + headerTimestamp + " is too far from the receiver's clock."
 	}
 	got, err := hex.DecodeString(sig)
 	if err != nil || !hmac.Equal(got, mustHex(sign(secret, ts, body))) {
-		return errors.New("The " + headerSignature + " does not match the body.")
+		return "The " + headerSignature + " does not match the body."
 	}
-	return nil
+	return ""
 }
 
 func mustHex(s string) []byte {

@@ -104,22 +104,8 @@ func (f *faultProxy) add(name, typ, stream string, attrs map[string]int) error {
 	return err
 }
 
-func (f *faultProxy) mustAdd(t testing.TB, name, typ, stream string, attrs map[string]int) {
-	t.Helper()
-	if err := f.add(name, typ, stream, attrs); err != nil {
-		t.Fatalf("adding toxic %s: %v", name, err)
-	}
-}
-
 func (f *faultProxy) remove(name string) error {
 	return f.p.Toxics.RemoveToxic(context.Background(), name)
-}
-
-func (f *faultProxy) mustRemove(t testing.TB, name string) {
-	t.Helper()
-	if err := f.remove(name); err != nil {
-		t.Fatalf("removing toxic %s: %v", name, err)
-	}
 }
 
 // The faults the tests inject.
@@ -253,19 +239,6 @@ func (a *app) runsOf(key string) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.runs[key]
-}
-
-// outcomes returns the outcomes reported for key so far.
-func (a *app) outcomes(key string) []idem.Outcome {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var out []idem.Outcome
-	for _, ev := range a.events {
-		if ev.Key == key {
-			out = append(out, ev.Outcome)
-		}
-	}
-	return out
 }
 
 func (a *app) lastEvent(key string) (idem.Event, bool) {

@@ -279,7 +279,8 @@ func (c *countingConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driv
 	if b, ok := c.Conn.(driver.ConnBeginTx); ok {
 		return b.BeginTx(ctx, opts)
 	}
-	return c.Conn.Begin() //nolint:staticcheck // fallback for old drivers
+	//lint:ignore SA1019 the fallback for drivers without BeginTx
+	return c.Conn.Begin()
 }
 
 func (c *countingConn) CheckNamedValue(v *driver.NamedValue) error {
