@@ -193,3 +193,40 @@ func ExampleRunner_Do() {
 	// true
 	// true
 }
+
+// A worker loop: every message is handled at most once per id among all
+// workers that share the store, even when the queue delivers it twice. A
+// message whose id another worker is running goes back to the queue.
+func ExampleRunner_Do_workerLoop() {
+	store := memstore.New()
+	defer store.Close()
+	runner, err := idem.NewRunner(store, idem.WithTTL(7*24*time.Hour))
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	type message struct{ id, body string }
+	queue := []message{{"m-1", "ship 2 books"}, {"m-2", "ship 1 pen"}, {"m-1", "ship 2 books"}} // m-1 delivered twice
+	for _, m := range queue {
+		result, err := runner.Do(context.Background(), m.id, idem.FingerprintBytes([]byte(m.body)),
+			func(ctx context.Context) ([]byte, error) {
+				fmt.Println("handling", m.id)
+				return []byte("done " + m.id), nil
+			})
+		var inProgress *idem.InProgressError
+		switch {
+		case errors.As(err, &inProgress):
+			// Another worker runs it: requeue it after inProgress.RetryAfter.
+		case err != nil:
+			log.Printf("message %s: %v", m.id, err) // retried by the queue
+		default:
+			fmt.Println("ack", m.id, string(result))
+		}
+	}
+	// Output:
+	// handling m-1
+	// ack m-1 done m-1
+	// handling m-2
+	// ack m-2 done m-2
+	// ack m-1 done m-1
+}

@@ -90,6 +90,33 @@ func Example_chi() {
 	// 400 application/problem+json
 }
 
+// gorilla/mux: the middleware on a subrouter protects every route under it,
+// path variables included; other routes are untouched.
+func Example_gorillaMux() {
+	store := memstore.New()
+	defer store.Close()
+
+	r := mux.NewRouter()
+	api := r.PathPrefix("/orders").Subrouter()
+	api.Use(idem.New(store, idem.WithTTL(time.Hour)))
+	created := 0
+	api.HandleFunc("/{id}/refunds", func(w http.ResponseWriter, req *http.Request) {
+		created++
+		fmt.Fprintf(w, "refund %d of order %s", created, mux.Vars(req)["id"])
+	}).Methods("POST")
+
+	for i := 0; i < 2; i++ {
+		req := httptest.NewRequest("POST", "/orders/42/refunds", strings.NewReader(`{"amount":5}`))
+		req.Header.Set("Idempotency-Key", "refund-42-a")
+		w := httptest.NewRecorder()
+		r.ServeHTTP(w, req)
+		fmt.Printf("%s (replayed=%q)\n", w.Body, w.Header().Get("Idempotent-Replayed"))
+	}
+	// Output:
+	// refund 1 of order 42 (replayed="")
+	// refund 1 of order 42 (replayed="true")
+}
+
 // payments counts its runs and answers 201 with a body that differs on
 // every run.
 type payments struct{ runs atomic.Int64 }
