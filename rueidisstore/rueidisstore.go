@@ -45,7 +45,10 @@ package rueidisstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"sort"
 	"strconv"
 	"time"
 	"unsafe"
@@ -140,6 +143,7 @@ var (
 type Store struct {
 	client rueidis.Client
 	prefix string
+	logger *slog.Logger
 }
 
 // Option configures a Store.
@@ -154,6 +158,20 @@ func WithPrefix(prefix string) Option {
 	return func(s *Store) { s.prefix = prefix }
 }
 
+// WithLogger sets where Load reports what it could not check (default
+// slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Store) { s.logger = l }
+}
+
+// ErrUnsafeEviction is returned (wrapped) by Load when a server's
+// maxmemory-policy is not noeviction. Every record has a TTL, so every
+// volatile-* policy may evict a record in flight (volatile-ttl evicts those
+// first) and so may every allkeys-* policy: a retry would then claim the key
+// while the first run goes on. Only noeviction keeps records until they
+// expire.
+var ErrUnsafeEviction = errors.New("rueidisstore: maxmemory-policy may evict records in flight; set it to noeviction")
+
 // New returns a Store that keeps its records through client, a single-node,
 // Sentinel or Cluster rueidis.Client. New makes no network call; the Store
 // does not own client, so closing it stays with the caller.
@@ -167,19 +185,66 @@ func New(client rueidis.Client, opts ...Option) *Store {
 	for _, o := range opts {
 		o(s)
 	}
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
 	return s
 }
 
-// Load loads the Store's Lua scripts into every node the client knows (every
-// master of a Cluster), so that no operation pays the extra EVAL round trip
-// of a script's first use. Calling it is optional.
+// Load prepares the servers and checks that they keep records safely.
+//
+//   - It loads the Store's Lua scripts into every node the client knows
+//     (every master of a Cluster), so that no operation pays the extra EVAL
+//     round trip of a script's first use.
+//   - It reads maxmemory-policy (CONFIG GET, on every node) and returns an
+//     error wrapping ErrUnsafeEviction unless it is noeviction everywhere.
+//
+// Where CONFIG cannot be read (renamed or disabled, as managed services do,
+// or denied by an ACL), Load does not fail: it logs a warning (see
+// WithLogger) saying that the policy must be checked by hand. Calling Load
+// is optional; without it, scripts load on first use and nothing checks
+// the eviction policy.
 func (s *Store) Load(ctx context.Context) error {
-	for _, node := range s.client.Nodes() {
+	nodes := s.client.Nodes()
+	addrs := make([]string, 0, len(nodes))
+	for addr := range nodes {
+		addrs = append(addrs, addr)
+	}
+	sort.Strings(addrs)
+	for _, addr := range addrs {
+		node := nodes[addr]
 		for _, src := range scriptSources {
 			if err := node.Do(ctx, node.B().ScriptLoad().Script(src).Build()).Error(); err != nil {
 				return fmt.Errorf("rueidisstore: load scripts: %w", err)
 			}
 		}
+		if err := s.checkEviction(ctx, node, addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkEviction reads maxmemory-policy from the node at addr.
+func (s *Store) checkEviction(ctx context.Context, node rueidis.Client, addr string) error {
+	const advice = "; make sure it is noeviction, as any other policy may evict a record in flight and let a retry run the handler twice"
+	policy, err := node.Do(ctx, node.B().ConfigGet().Parameter("maxmemory-policy").Build()).AsStrMap()
+	if _, isReply := rueidis.IsRedisErr(err); isReply {
+		// The server answered, but not with the policy: CONFIG is renamed,
+		// disabled or denied.
+		s.logger.WarnContext(ctx, "rueidisstore: cannot read maxmemory-policy on "+addr+advice, "error", err.Error())
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("rueidisstore: reading maxmemory-policy on %s: %w", addr, err)
+	}
+	p, ok := policy["maxmemory-policy"]
+	if !ok {
+		s.logger.WarnContext(ctx, "rueidisstore: the server did not report maxmemory-policy on "+addr+advice)
+		return nil
+	}
+	if p != "noeviction" {
+		return fmt.Errorf("%w (it is %s on %s)", ErrUnsafeEviction, p, addr)
 	}
 	return nil
 }
