@@ -56,6 +56,9 @@ type options struct {
 	out         string
 	redisServer string
 	noCache     bool
+	profile     string   // directory for CPU and allocation profiles ("": none)
+	only        []string // servers to measure (nil: all)
+	scenarios   []string // "new", "replay"
 }
 
 func run(args []string) error {
@@ -63,6 +66,7 @@ func run(args []string) error {
 	serve := fs.String("serve", "", "internal: serve bare or fiber on -addr")
 	addr := fs.String("addr", "", "internal: listen address of -serve")
 	redisAddr := fs.String("redis", "", "internal: Redis address of -serve fiber")
+	pprofAddr := fs.String("pprof", "", "internal: listen address of Go's profiles for -serve")
 	var o options
 	fs.BoolVar(&o.quick, "quick", false, "a short run: 32 and 128 connections, 1 KiB bodies, one round of 2s")
 	fs.DurationVar(&o.duration, "duration", 4*time.Second, "length of one measurement")
@@ -73,6 +77,9 @@ func run(args []string) error {
 	fs.StringVar(&o.out, "out", "results", "directory for results.md and chart.svg")
 	fs.StringVar(&o.redisServer, "redis-server", "redis-server", "redis-server binary")
 	fs.BoolVar(&o.noCache, "no-cache-run", true, "also measure idem on rueidis without the replay cache")
+	fs.StringVar(&o.profile, "profile", "", "directory: take a CPU and an allocation profile of every Go server over every measurement (pprof)")
+	only := fs.String("only", "", "comma-separated names of the servers to measure, e.g. 'bare net/http,idem rueidis' (default all)")
+	scenarios := fs.String("scenarios", "new,replay", "scenarios to measure: new, replay or both")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -81,6 +88,13 @@ func run(args []string) error {
 		ln, err := net.Listen("tcp", *addr)
 		if err != nil {
 			return err
+		}
+		if *pprofAddr != "" {
+			pln, err := net.Listen("tcp", *pprofAddr)
+			if err != nil {
+				return err
+			}
+			go servePprof(pln)
 		}
 		if *serve == "bare" {
 			return serveBare(ln)
@@ -100,6 +114,24 @@ func run(args []string) error {
 	}
 	if o.sizes, err = ints(*sizes); err != nil {
 		return fmt.Errorf("-sizes: %w", err)
+	}
+	if *only != "" {
+		for _, n := range strings.Split(*only, ",") {
+			o.only = append(o.only, strings.TrimSpace(n))
+		}
+	}
+	for _, sc := range strings.Split(*scenarios, ",") {
+		switch sc = strings.TrimSpace(sc); sc {
+		case "new", "replay":
+			o.scenarios = append(o.scenarios, sc)
+		default:
+			return fmt.Errorf("-scenarios: %q is not new or replay", sc)
+		}
+	}
+	if o.profile != "" {
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return err
+		}
 	}
 	return bench(o)
 }
@@ -122,9 +154,10 @@ const upstreamBare = "{bare}"
 
 // target is one server under test.
 type target struct {
-	name string
-	url  string
-	cmd  *exec.Cmd
+	name  string
+	url   string
+	pprof string // base URL of its /debug/pprof/ ("": none)
+	cmd   *exec.Cmd
 }
 
 func bench(o options) error {
@@ -134,7 +167,7 @@ func bench(o options) error {
 	}
 	defer os.RemoveAll(tmp)
 
-	redisAddr, stopRedis, err := startRedis(o.redisServer, tmp)
+	redisAddr, redisPID, stopRedis, err := startRedis(o.redisServer, tmp)
 	if err != nil {
 		return err
 	}
@@ -170,7 +203,7 @@ func bench(o options) error {
 		bin  string
 		args []string
 	}{
-		{"bare net/http", self, []string{"-serve", "bare"}},
+		{"bare net/http", self, []string{"-serve", "bare"}}, // first: idemproxy's upstream
 		{"Fiber", self, []string{"-serve", "fiber", "-redis", redisAddr}},
 		{"idem go-redis", example, []string{"-store", store, "-redis-client", "go-redis", "-replay-cache", cache}},
 		{"idem rueidis", example, []string{"-store", store, "-redis-client", "rueidis", "-replay-cache", cache}},
@@ -193,12 +226,24 @@ func bench(o options) error {
 			t.cmd.Wait()
 		}
 	}()
-	for _, s := range specs {
+	for i, s := range specs {
+		if i > 0 && !wanted(o.only, s.name) && !(s.name == "bare net/http" && wanted(o.only, "idemproxy → bare")) {
+			continue
+		}
 		addr, err := freeAddr()
 		if err != nil {
 			return err
 		}
 		args := append([]string{"-addr", addr}, s.args...)
+		pprofURL := ""
+		if o.profile != "" && s.bin != proxy {
+			paddr, err := freeAddr()
+			if err != nil {
+				return err
+			}
+			args = append(args, "-pprof", paddr)
+			pprofURL = "http://" + paddr
+		}
 		for i, arg := range args {
 			if arg == upstreamBare {
 				args[i] = targets[0].url // "bare net/http", started first
@@ -206,7 +251,7 @@ func bench(o options) error {
 		}
 		cmd := exec.Command(s.bin, args...)
 		cmd.SysProcAttr = childAttr()
-		logf, err := os.Create(filepath.Join(tmp, strings.NewReplacer(" ", "_", "/", "_", ",", "").Replace(s.name)+".log"))
+		logf, err := os.Create(filepath.Join(tmp, fileName(s.name)+".log"))
 		if err != nil {
 			return err
 		}
@@ -214,12 +259,20 @@ func bench(o options) error {
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("starting %s: %w", s.name, err)
 		}
-		t := &target{name: s.name, url: "http://" + addr, cmd: cmd}
+		t := &target{name: s.name, url: "http://" + addr, pprof: pprofURL, cmd: cmd}
 		targets = append(targets, t)
 		if err := waitHealthy(t.url + "/healthz"); err != nil {
 			out, _ := os.ReadFile(logf.Name())
 			return fmt.Errorf("%s did not come up: %w\n%s", s.name, err, out)
 		}
+	}
+	if len(o.only) > 0 && !wanted(o.only, "bare net/http") {
+		targets[0].cmd.Process.Kill() // started only as idemproxy's upstream
+		targets[0].cmd.Wait()
+		targets = targets[1:]
+	}
+	if len(targets) == 0 {
+		return fmt.Errorf("-only %q: no such server", strings.Join(o.only, ","))
 	}
 
 	type config struct {
@@ -228,7 +281,7 @@ func bench(o options) error {
 		size     int
 	}
 	var configs []config
-	for _, sc := range []string{"new", "replay"} {
+	for _, sc := range o.scenarios {
 		for _, c := range o.conns {
 			configs = append(configs, config{sc, c, 1024})
 		}
@@ -252,14 +305,24 @@ func bench(o options) error {
 				if err := flushRedis(redisAddr); err != nil {
 					return err
 				}
-				m, err := measure(t, c.scenario, c.conns, c.size, o.duration, redisAddr)
+				var prof *profiler
+				if o.profile != "" && t.pprof != "" {
+					name := fmt.Sprintf("%s.%s.c%d.%s.r%d", fileName(t.name), c.scenario, c.conns, sizeName(c.size), round+1)
+					prof = startProfiles(t.pprof, o.duration, o.profile, strings.ReplaceAll(name, " ", ""))
+				}
+				m, err := measure(t, c.scenario, c.conns, c.size, o.duration, redisAddr, redisPID)
 				if err != nil {
 					return fmt.Errorf("%s %s c=%d: %w", t.name, c.scenario, c.conns, err)
 				}
+				if prof != nil {
+					if err := prof.wait(); err != nil {
+						return fmt.Errorf("profiling %s: %w", t.name, err)
+					}
+				}
 				res.add(key{c.scenario, c.conns, c.size, t.name}, m)
-				fmt.Fprintf(os.Stderr, "[%d/%d] round %d %-6s c=%-3d body %-8s %-24s %8.0f req/s  p50 %-8v p99 %-8v %.2f cmds/req%s\n",
+				fmt.Fprintf(os.Stderr, "[%d/%d] round %d %-6s c=%-3d body %-8s %-24s %8.0f req/s  p50 %-8v p99 %-8v %.2f cmds/req  CPU µs/req server %.0f redis %.0f%s\n",
 					n, total, round+1, c.scenario, c.conns, sizeName(c.size), t.name, m.rps,
-					m.p50.Round(10*time.Microsecond), m.p99.Round(10*time.Microsecond), m.cmds, m.errNote())
+					m.p50.Round(10*time.Microsecond), m.p99.Round(10*time.Microsecond), m.cmds, m.cpuServer, m.cpuRedis, m.errNote())
 			}
 		}
 	}
@@ -282,6 +345,20 @@ func bench(o options) error {
 	fmt.Println(md)
 	fmt.Fprintf(os.Stderr, "wrote %s and %s\n", filepath.Join(o.out, "results.md"), filepath.Join(o.out, "chart.svg"))
 	return nil
+}
+
+// wanted reports whether the server name is among only (all are when only
+// is empty).
+func wanted(only []string, name string) bool {
+	if len(only) == 0 {
+		return true
+	}
+	for _, n := range only {
+		if n == name {
+			return true
+		}
+	}
+	return false
 }
 
 func machineInfo(o options) string {
@@ -331,21 +408,21 @@ func waitHealthy(url string) error {
 
 // startRedis starts a redis-server without persistence on a free loopback
 // port.
-func startRedis(bin, dir string) (string, func(), error) {
+func startRedis(bin, dir string) (string, int, func(), error) {
 	addr, err := freeAddr()
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	_, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
 	cmd.SysProcAttr = childAttr()
 	logf, err := os.Create(filepath.Join(dir, "redis.log"))
 	if err != nil {
-		return "", nil, err
+		return "", 0, nil, err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("starting %s (install redis-server, or give -redis-server): %w", bin, err)
+		return "", 0, nil, fmt.Errorf("starting %s (install redis-server, or give -redis-server): %w", bin, err)
 	}
 	stop := func() { cmd.Process.Kill(); cmd.Wait() }
 	deadline := time.Now().Add(10 * time.Second)
@@ -354,12 +431,12 @@ func startRedis(bin, dir string) (string, func(), error) {
 			break
 		} else if time.Now().After(deadline) {
 			stop()
-			return "", nil, fmt.Errorf("redis-server on %s: %w", addr, err)
+			return "", 0, nil, fmt.Errorf("redis-server on %s: %w", addr, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	fmt.Fprintf(os.Stderr, "redis-server on %s\n", addr)
-	return addr, stop, nil
+	return addr, cmd.Process.Pid, stop, nil
 }
 
 func flushRedis(addr string) error {

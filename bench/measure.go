@@ -19,6 +19,9 @@ type measurement struct {
 	cmds     float64 // Redis commands sent per request
 	requests uint64
 	bad      map[string]int // unexpected status codes and errors
+	// CPU time per successful request, in µs, of the server's process and
+	// of redis-server (0 where /proc is missing).
+	cpuServer, cpuRedis float64
 }
 
 func (m measurement) errNote() string {
@@ -59,7 +62,7 @@ func paymentBody(size int) []byte {
 }
 
 // measure runs scenario against t for d at conns connections.
-func measure(t *target, scenario string, conns, size int, d time.Duration, redisAddr string) (measurement, error) {
+func measure(t *target, scenario string, conns, size int, d time.Duration, redisAddr string, redisPID int) (measurement, error) {
 	run := runSeq.Add(1)
 	body := paymentBody(size)
 	url := t.url + "/payments"
@@ -103,6 +106,8 @@ func measure(t *target, scenario string, conns, size int, d time.Duration, redis
 	if err != nil {
 		return measurement{}, err
 	}
+	serverCPU0, _ := procCPU(t.cmd.Process.Pid)
+	redisCPU0, _ := procCPU(redisPID)
 	atk := vegeta.NewAttacker(
 		vegeta.Connections(conns), vegeta.MaxConnections(conns),
 		vegeta.Workers(uint64(conns)), vegeta.MaxWorkers(uint64(conns)),
@@ -125,6 +130,8 @@ func measure(t *target, scenario string, conns, size int, d time.Duration, redis
 		}
 	}
 	metrics.Close()
+	serverCPU1, okServer := procCPU(t.cmd.Process.Pid)
+	redisCPU1, okRedis := procCPU(redisPID)
 	after, err := commandStats(redisAddr)
 	if err != nil {
 		return measurement{}, err
@@ -138,6 +145,14 @@ func measure(t *target, scenario string, conns, size int, d time.Duration, redis
 	}
 	if metrics.Requests > 0 {
 		m.cmds = float64(clientCommands(before, after)) / float64(metrics.Requests)
+	}
+	if n := float64(metrics.Requests) * metrics.Success; n > 0 {
+		if okServer {
+			m.cpuServer = float64((serverCPU1 - serverCPU0).Microseconds()) / n
+		}
+		if okRedis {
+			m.cpuRedis = float64((redisCPU1 - redisCPU0).Microseconds()) / n
+		}
 	}
 	return m, nil
 }

@@ -2,6 +2,12 @@
 
 package main
 
-import "syscall"
+import (
+	"syscall"
+	"time"
+)
 
 func childAttr() *syscall.SysProcAttr { return nil }
+
+// procCPU is not available here.
+func procCPU(pid int) (time.Duration, bool) { return 0, false }

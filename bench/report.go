@@ -51,6 +51,8 @@ func (r *results) median(k key) (m measurement, ok bool) {
 	m.p50 = time.Duration(f(func(x measurement) float64 { return float64(x.p50) }))
 	m.p99 = time.Duration(f(func(x measurement) float64 { return float64(x.p99) }))
 	m.cmds = f(func(x measurement) float64 { return x.cmds })
+	m.cpuServer = f(func(x measurement) float64 { return x.cpuServer })
+	m.cpuRedis = f(func(x measurement) float64 { return x.cpuRedis })
 	for _, x := range ms {
 		if len(x.bad) > 0 {
 			m.bad = x.bad

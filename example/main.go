@@ -17,7 +17,8 @@
 // string}, plus the test fields "delay_ms" and "fail"), GET /payments, and
 // with -metrics, GET /metrics (Prometheus). With -admin ADDR, a second
 // listener serves GET and DELETE /keys/{key} to look at a client's key and
-// delete it (see admin.go). Every idempotency outcome is logged to stderr
+// delete it (see admin.go). With -pprof ADDR, a third listener serves Go's
+// profiles under /debug/pprof/ (the load harness's -profile uses it). Every idempotency outcome is logged to stderr
 // (-log-level info hides executions and replays).
 package main
 
@@ -59,6 +60,7 @@ func run(args []string) error {
 	redisClient := fs.String("redis-client", storeurl.ClientRueidis, "Redis client of redis:// stores: rueidis or go-redis")
 	replayCache := fs.Int64("replay-cache", 0, "bytes of completed responses kept in memory to answer replays with no store call (0: off)")
 	storeTimeout := fs.Duration("store-timeout", 0, "bound of every store call, a slower one is answered 503 (0: idem's default)")
+	pprofAddr := fs.String("pprof", "", "listen address of Go's profiles, /debug/pprof/ (off when empty); keep it private")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -114,6 +116,15 @@ func run(args []string) error {
 		fmt.Printf("admin listening on %s\n", aln.Addr())
 		go admin.Serve(aln)
 		defer admin.Close()
+	}
+	if *pprofAddr != "" {
+		pln, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("pprof listening on %s\n", pln.Addr())
+		go servePprof(pln)
+		defer pln.Close()
 	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
