@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,9 +20,10 @@ type measurement struct {
 	cmds     float64 // Redis commands sent per request
 	requests uint64
 	bad      map[string]int // unexpected status codes and errors
-	// CPU time per successful request, in µs, of the server's process and
-	// of redis-server (0 where /proc is missing).
-	cpuServer, cpuRedis float64
+	// CPU time per successful request, in µs, of the server's process, of
+	// redis-server and of the harness, which generates the load (0 where
+	// /proc is missing).
+	cpuServer, cpuRedis, cpuLoad float64
 }
 
 func (m measurement) errNote() string {
@@ -108,6 +110,7 @@ func measure(t *target, scenario string, conns, size int, d time.Duration, redis
 	}
 	serverCPU0, _ := procCPU(t.cmd.Process.Pid)
 	redisCPU0, _ := procCPU(redisPID)
+	loadCPU0, _ := procCPU(os.Getpid())
 	atk := vegeta.NewAttacker(
 		vegeta.Connections(conns), vegeta.MaxConnections(conns),
 		vegeta.Workers(uint64(conns)), vegeta.MaxWorkers(uint64(conns)),
@@ -132,6 +135,7 @@ func measure(t *target, scenario string, conns, size int, d time.Duration, redis
 	metrics.Close()
 	serverCPU1, okServer := procCPU(t.cmd.Process.Pid)
 	redisCPU1, okRedis := procCPU(redisPID)
+	loadCPU1, okLoad := procCPU(os.Getpid())
 	after, err := commandStats(redisAddr)
 	if err != nil {
 		return measurement{}, err
@@ -152,6 +156,9 @@ func measure(t *target, scenario string, conns, size int, d time.Duration, redis
 		}
 		if okRedis {
 			m.cpuRedis = float64((redisCPU1 - redisCPU0).Microseconds()) / n
+		}
+		if okLoad {
+			m.cpuLoad = float64((loadCPU1 - loadCPU0).Microseconds()) / n
 		}
 	}
 	return m, nil

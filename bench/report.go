@@ -53,6 +53,7 @@ func (r *results) median(k key) (m measurement, ok bool) {
 	m.cmds = f(func(x measurement) float64 { return x.cmds })
 	m.cpuServer = f(func(x measurement) float64 { return x.cpuServer })
 	m.cpuRedis = f(func(x measurement) float64 { return x.cpuRedis })
+	m.cpuLoad = f(func(x measurement) float64 { return x.cpuLoad })
 	for _, x := range ms {
 		if len(x.bad) > 0 {
 			m.bad = x.bad
