@@ -6,6 +6,12 @@
 //
 //	cd bench && go run . -quick     # about a minute
 //	cd bench && go run .            # the full sweep, about ten minutes
+//	cd bench && go run . -conns 128 -sizes 1024 -only 'bare net/http;idem rueidis' -profile /tmp/prof
+//
+// -profile DIR writes a CPU and an allocation profile of every Go server
+// over every measurement (go tool pprof reads them); every measurement
+// also reports the CPU time per request of the server, redis-server and
+// the harness itself, which generates the load.
 //
 // Everything runs on 127.0.0.1: one redis-server on a free port (no
 // persistence), one process per server, and vegeta as a library for the
