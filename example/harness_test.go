@@ -9,32 +9,27 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/idemgo/idem/internal/testenv"
 )
 
 // exampleBin is the example binary built once for the black-box tests.
 var exampleBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "idem-example-")
+	bin, remove, err := testenv.BuildCommand("example")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	exampleBin = filepath.Join(dir, "example")
-	build := exec.Command("go", "build", "-o", exampleBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building the example:", err)
-		os.Exit(1)
-	}
+	exampleBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }
 

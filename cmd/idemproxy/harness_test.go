@@ -28,20 +28,14 @@ import (
 var proxyBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "idemproxy-")
+	bin, remove, err := testenv.BuildCommand("idemproxy")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	proxyBin = filepath.Join(dir, "idemproxy")
-	build := exec.Command("go", "build", "-o", proxyBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building idemproxy:", err)
-		os.Exit(1)
-	}
+	proxyBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	remove()
 	os.Exit(code)
 }
 

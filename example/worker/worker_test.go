@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,25 +35,17 @@ func workerStore(t *testing.T, name string) string {
 }
 
 var (
-	buildOnce sync.Once
-	workerBin string
-	buildErr  error
+	buildOnce    sync.Once
+	workerBin    string
+	removeWorker func()
+	buildErr     error
 )
 
 // binary builds this command once per test run.
 func binary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "idem-worker-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		workerBin = filepath.Join(dir, "worker")
-		out, err := exec.Command("go", "build", "-o", workerBin, ".").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
+		workerBin, removeWorker, buildErr = testenv.BuildCommand("worker")
 	})
 	if buildErr != nil {
 		t.Fatal(buildErr)
@@ -64,8 +55,8 @@ func binary(t *testing.T) string {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if workerBin != "" {
-		os.RemoveAll(filepath.Dir(workerBin))
+	if removeWorker != nil {
+		removeWorker()
 	}
 	os.Exit(code)
 }

@@ -14,6 +14,8 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -70,4 +72,22 @@ func SkipShort(tb testing.TB, why string) {
 	if testing.Short() {
 		tb.Skipf("%s; skipped under -short", why)
 	}
+}
+
+// BuildCommand builds the main package in the current directory (go build)
+// into a new temporary directory, for black-box tests that run the command
+// as a user would. It returns the binary's path and a function that removes
+// the directory; the error carries the compiler's output.
+func BuildCommand(name string) (path string, remove func(), err error) {
+	dir, err := os.MkdirTemp("", "idem-"+name+"-")
+	if err != nil {
+		return "", nil, err
+	}
+	remove = func() { os.RemoveAll(dir) }
+	path = filepath.Join(dir, name)
+	if out, err := exec.Command("go", "build", "-o", path, ".").CombinedOutput(); err != nil {
+		remove()
+		return "", nil, fmt.Errorf("building %s: %v\n%s", name, err, out)
+	}
+	return path, remove, nil
 }
