@@ -186,7 +186,6 @@ func (s *Store) Complete(ctx context.Context, key, token string, result []byte, 
 		return idem.ErrLockLost
 	}
 	e.state = idem.StateCompleted
-	e.token = ""
 	e.result = result
 	e.expires = now.Add(ttl)
 	return nil

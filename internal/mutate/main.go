@@ -1,9 +1,10 @@
 // Command mutate is a small mutation tester for this repository. It plants
-// one bug at a time in the Go files of one package, runs a test command,
-// and reports which planted bugs ("mutants") the tests did not notice.
+// one bug at a time in the Go files of one package, runs the tests that
+// reach it, and reports which planted bugs ("mutants") the tests did not
+// notice.
 //
 // It works on a copy of the repository in a temporary directory, so the
-// working tree is never touched, and it runs one test command at a time:
+// working tree is never touched:
 //
 //	go run ./internal/mutate -repo . -pkg memstore -test memstore
 //	go run ./internal/mutate -repo . -pkg redisstore -test redisstore/tests -run 'Conformance|Load'
@@ -17,16 +18,26 @@
 //   - a statement deleted (a call, an assignment with =, ++ and --, defer,
 //     go, break and continue).
 //
-// Only covered mutants are run: the tests are run once with a coverage
-// profile, and a mutant in a block no test reaches is reported as not
-// covered. A mutant that does not compile (a deleted statement that leaves
-// a variable unused) is "not viable". A mutant is "killed" when the test
-// command fails or runs past the timeout, and "lived" when it passes.
-// Efficacy is killed / (killed + lived).
+// First every test of the judging module (the packages under -test) runs
+// alone with a coverage profile, which tells which tests reach which
+// blocks of the mutated package. A mutant in a block no test reaches is
+// "not covered"; the others are judged by the tests that reach them, the
+// quickest first, stopping at the first failure. A mutant that does not
+// compile (a deleted statement that leaves a variable unused) is "not
+// viable". A mutant is "killed" when a test fails or runs past its time
+// limit. A mutant the tests pass is then checked with go vet and, when it
+// is installed, staticcheck, as CI checks every change: one they reject is
+// killed too. The rest "lived".
+//
+// Survivors that no test can tell from the original (only allocations or
+// timing differ) are listed, each with its reason, in the files of
+// equivalent mutants (-equivalent, one file for each package or part). They are reported apart, but they still count as
+// survivors: efficacy is killed / (killed + lived + equivalent).
 package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -37,6 +48,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -48,151 +60,342 @@ import (
 // repl.
 type mutant struct {
 	file       string // relative to the package directory
+	fn         string // enclosing function or method
 	line, col  int
 	start, end int
 	repl       string
 	desc       string
+	text       string // the source line, trimmed
 	status     string
+	by         string // what killed it
+}
+
+// key names a mutant in the equivalents file; it does not depend on line
+// numbers, so unrelated edits leave it valid.
+func (m *mutant) key() string {
+	return fmt.Sprintf("%s:%s: %s «%s»", m.file, m.fn, m.desc, m.text)
+}
+
+type config struct {
+	repo, pkg, testDir string
+	run                *regexp.Regexp
+	short              bool
+	only               string
+	equivalent         string
 }
 
 func main() {
-	repo := flag.String("repo", ".", "root of the repository")
-	pkg := flag.String("pkg", ".", "directory of the package to mutate, relative to -repo")
-	testDir := flag.String("test", "", "directory of the module whose tests judge the mutants, relative to -repo (default -pkg)")
-	run := flag.String("run", "", "go test -run pattern")
-	timeout := flag.Duration("timeout", 0, "time allowed to one test run (default: twice the first run, at least 10s)")
-	short := flag.Bool("short", false, "pass -short to go test")
-	only := flag.String("only", "", "mutate only these files (comma-separated names)")
+	var c config
+	flag.StringVar(&c.repo, "repo", ".", "root of the repository")
+	flag.StringVar(&c.pkg, "pkg", ".", "directory of the package to mutate, relative to -repo")
+	flag.StringVar(&c.testDir, "test", "", "directory of the module whose tests judge the mutants, relative to -repo (default -pkg)")
+	run := flag.String("run", "", "only tests whose names match this regular expression")
+	flag.BoolVar(&c.short, "short", false, "run the tests with -short")
+	flag.StringVar(&c.only, "only", "", "mutate only these files (comma-separated names)")
+	flag.StringVar(&c.equivalent, "equivalent", "internal/mutate/equivalent", "directory of the files (*.txt) of mutants judged equivalent, relative to -repo")
 	flag.Parse()
-	if *testDir == "" {
-		*testDir = *pkg
+	if c.testDir == "" {
+		c.testDir = c.pkg
 	}
-	if err := mainErr(*repo, *pkg, *testDir, *run, *only, *timeout, *short); err != nil {
+	var err error
+	if c.run, err = regexp.Compile(*run); err != nil {
+		fmt.Fprintln(os.Stderr, "mutate: -run:", err)
+		os.Exit(2)
+	}
+	if err := mainErr(c); err != nil {
 		fmt.Fprintln(os.Stderr, "mutate:", err)
 		os.Exit(1)
 	}
 }
 
-func mainErr(repo, pkg, testDir, run, only string, timeout time.Duration, short bool) error {
+// testPkg is one package of the judging module with tests.
+type testPkg struct {
+	importPath, dir string
+	tests           []*test
+}
+
+// test is one top-level test (or example, or fuzz target's seeds) and what
+// it reaches.
+type test struct {
+	name   string
+	pkg    *testPkg
+	took   time.Duration
+	blocks coverage
+}
+
+func mainErr(c config) error {
+	files, err := filepath.Glob(filepath.Join(c.repo, c.equivalent, "*.txt"))
+	if err != nil {
+		return err
+	}
+	equivalent := map[string]bool{}
+	for _, f := range files {
+		if err := readEquivalents(f, equivalent); err != nil {
+			return err
+		}
+	}
 	tmp, err := os.MkdirTemp("", "idem-mutate-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if err := copyTree(repo, tmp); err != nil {
+	if err := copyTree(c.repo, tmp); err != nil {
 		return err
 	}
-	pkgDir := filepath.Join(tmp, pkg)
-	importPath, err := goList(pkgDir)
+	pkgDir := filepath.Join(tmp, c.pkg)
+	importPath, err := goList(pkgDir, ".", "{{.ImportPath}}")
+	if err != nil {
+		return err
+	}
+	pkgs, err := measure(c, filepath.Join(tmp, c.testDir), importPath, tmp)
 	if err != nil {
 		return err
 	}
 
-	// One run with coverage: it must pass, and it tells which blocks the
-	// tests reach and how long a run takes.
-	profile := filepath.Join(tmp, "cover.out")
-	args := testArgs(run, short, "-coverpkg="+importPath, "-coverprofile="+profile)
-	start := time.Now()
-	if out, err := goTest(context.Background(), filepath.Join(tmp, testDir), args); err != nil {
-		return fmt.Errorf("the tests fail before any mutation:\n%s", tail(out))
-	}
-	if timeout == 0 {
-		timeout = max(10*time.Second, 2*time.Since(start))
-	}
-	covered, err := readProfile(profile, importPath)
-	if err != nil {
-		return err
-	}
-
-	mutants, sources, err := findMutants(pkgDir, only)
+	mutants, sources, err := findMutants(pkgDir, c.only)
 	if err != nil {
 		return err
 	}
 	counts := map[string]int{}
 	for i := range mutants {
 		m := &mutants[i]
-		if !covered.has(m.file, m.line, m.col) {
+		reach := reaching(pkgs, m)
+		if len(reach) == 0 {
 			m.status = "not covered"
-			counts[m.status]++
-			continue
+		} else {
+			m.status, m.by = try(c, m, pkgDir, sources[m.file], reach, tmp)
+			if m.status == "lived" && equivalent[m.key()] {
+				m.status = "equivalent"
+			}
 		}
-		m.status = try(m, pkgDir, filepath.Join(tmp, testDir), sources[m.file], run, short, timeout)
 		counts[m.status]++
-		fmt.Fprintf(os.Stderr, "%4d/%d %-11s %s:%d:%d %s\n", i+1, len(mutants), m.status, filepath.Join(pkg, m.file), m.line, m.col, m.desc)
+		by := ""
+		if m.by != "" {
+			by = " (" + m.by + ")"
+		}
+		fmt.Fprintf(os.Stderr, "%4d/%d %-11s %s:%d:%d %s%s\n", i+1, len(mutants), m.status, filepath.Join(c.pkg, m.file), m.line, m.col, m.desc, by)
 	}
 
-	fmt.Printf("package %s (tests: go test %s in %s)\n", importPath, strings.Join(testArgs(run, short), " "), testDir)
+	fmt.Printf("package %s (judged by the tests in %s", importPath, c.testDir)
+	if c.run.String() != "" {
+		fmt.Printf(" matching %q", c.run)
+	}
+	fmt.Println(")")
+	seen := map[string]bool{}
 	for _, m := range mutants {
-		if m.status == "lived" {
-			fmt.Printf("  LIVED %s:%d:%d %s\n", filepath.Join(pkg, m.file), m.line, m.col, m.desc)
+		switch m.status {
+		case "lived":
+			fmt.Printf("  LIVED %s:%d:%d\n        %s\n", filepath.Join(c.pkg, m.file), m.line, m.col, m.key())
+		case "equivalent":
+			seen[m.key()] = true
 		}
 	}
-	killed, lived := counts["killed"]+counts["timed out"], counts["lived"]
-	efficacy := 100.0
-	if killed+lived > 0 {
-		efficacy = 100 * float64(killed) / float64(killed+lived)
+	for k := range equivalent {
+		if !seen[k] && mentions(mutants, k) {
+			fmt.Printf("  listed as equivalent but killed: %s\n", k)
+		}
 	}
-	fmt.Printf("mutants %d: killed %d (timed out %d), lived %d, not covered %d, not viable %d; efficacy %.1f%% of covered mutants\n",
-		len(mutants), killed, counts["timed out"], lived, counts["not covered"], counts["not viable"], efficacy)
+	killed := counts["killed"] + counts["timed out"]
+	survived := counts["lived"] + counts["equivalent"]
+	efficacy := 100.0
+	if killed+survived > 0 {
+		efficacy = 100 * float64(killed) / float64(killed+survived)
+	}
+	fmt.Printf("mutants %d: killed %d (timed out %d), lived %d, equivalent %d, not covered %d, not viable %d; efficacy %.1f%% of covered mutants\n",
+		len(mutants), killed, counts["timed out"], counts["lived"], counts["equivalent"], counts["not covered"], counts["not viable"], efficacy)
 	return nil
 }
 
-func testArgs(run string, short bool, extra ...string) []string {
-	args := []string{"-count=1", "-failfast", "-timeout=10m"}
-	if run != "" {
-		args = append(args, "-run", run)
+// mentions reports whether key names one of mutants, so that a listed
+// equivalent that was killed is reported, and entries for other packages
+// are not.
+func mentions(mutants []mutant, key string) bool {
+	for i := range mutants {
+		if mutants[i].key() == key {
+			return true
+		}
 	}
-	if short {
-		args = append(args, "-short")
+	return false
+}
+
+// measure lists the tests of the module at dir and runs each alone with a
+// coverage profile of importPath. Every test must pass.
+func measure(c config, dir, importPath, tmp string) ([]*testPkg, error) {
+	list, err := goList(dir, "./...", "{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}} {{.Dir}}{{end}}")
+	if err != nil {
+		return nil, err
 	}
-	return append(args, extra...)
+	var pkgs []*testPkg
+	for i, line := range strings.Fields(strings.ReplaceAll(list, "\n", " ")) {
+		if i%2 == 0 {
+			pkgs = append(pkgs, &testPkg{importPath: line})
+		} else {
+			pkgs[len(pkgs)-1].dir = line
+		}
+	}
+	for i, p := range pkgs {
+		bin := filepath.Join(tmp, fmt.Sprintf("cover%d.test", i))
+		if out, err := goCmd(context.Background(), p.dir, "test", "-c", "-o", bin, "-cover", "-covermode=set", "-coverpkg="+importPath); err != nil {
+			return nil, fmt.Errorf("building the tests of %s: %v\n%s", p.importPath, err, tail(out))
+		}
+		names, err := listTests(p.dir, bin)
+		if err != nil {
+			return nil, fmt.Errorf("listing the tests of %s: %w", p.importPath, err)
+		}
+		for _, name := range names {
+			if !c.run.MatchString(name) {
+				continue
+			}
+			profile := filepath.Join(tmp, "cover.out")
+			start := time.Now()
+			out, err := runTests(context.Background(), p.dir, bin, []string{name}, c.short, "-test.coverprofile="+profile)
+			if err != nil {
+				return nil, fmt.Errorf("%s %s fails before any mutation:\n%s", p.importPath, name, tail(out))
+			}
+			t := &test{name: name, pkg: p, took: time.Since(start)}
+			if t.blocks, err = readProfile(profile, importPath); err != nil {
+				return nil, err
+			}
+			if len(t.blocks) > 0 {
+				p.tests = append(p.tests, t)
+			}
+			fmt.Fprintf(os.Stderr, "measured %s %s (%v)\n", p.importPath, name, t.took.Round(time.Millisecond))
+		}
+	}
+	return pkgs, nil
+}
+
+func listTests(dir, bin string) ([]string, error) {
+	cmd := exec.Command(bin, "-test.list", ".")
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, n := range strings.Fields(string(out)) {
+		if !strings.HasPrefix(n, "Benchmark") {
+			names = append(names, n)
+		}
+	}
+	return names, nil
+}
+
+// reaching returns the tests that reach m, the quickest first.
+func reaching(pkgs []*testPkg, m *mutant) []*test {
+	var out []*test
+	for _, p := range pkgs {
+		for _, t := range p.tests {
+			if t.blocks.has(m.file, m.line, m.col) {
+				out = append(out, t)
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].took < out[j].took })
+	return out
 }
 
 // try applies m to the package copy, judges it and restores the file.
-func try(m *mutant, pkgDir, testDir string, src []byte, run string, short bool, timeout time.Duration) string {
+func try(c config, m *mutant, pkgDir string, src []byte, reach []*test, tmp string) (status, by string) {
 	path := filepath.Join(pkgDir, m.file)
 	mutated := append(append(append([]byte{}, src[:m.start]...), m.repl...), src[m.end:]...)
 	if err := os.WriteFile(path, mutated, 0o644); err != nil {
-		return "error: " + err.Error()
+		return "error: " + err.Error(), ""
 	}
 	defer os.WriteFile(path, src, 0o644)
 	// A mutant that does not compile is not viable rather than killed.
-	build := exec.Command("go", "build", "-o", os.DevNull, ".")
-	build.Dir, build.Env = pkgDir, append(os.Environ(), "GOWORK=off")
-	if err := build.Run(); err != nil {
-		return "not viable"
+	if _, err := goCmd(context.Background(), pkgDir, "build", "-o", os.DevNull, "."); err != nil {
+		return "not viable", ""
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	_, err := goTest(ctx, testDir, testArgs(run, short))
-	switch {
-	case ctx.Err() != nil:
-		return "timed out"
-	case err != nil:
-		return "killed"
+	// The test binaries of the packages whose tests reach m, built once.
+	bins := map[*testPkg]string{}
+	for _, t := range reach {
+		if _, ok := bins[t.pkg]; ok {
+			continue
+		}
+		bin := filepath.Join(tmp, fmt.Sprintf("mutant%d.test", len(bins)))
+		if out, err := goCmd(context.Background(), t.pkg.dir, "test", "-c", "-vet=off", "-o", bin); err != nil {
+			return "error: " + tail(out), ""
+		}
+		bins[t.pkg] = bin
 	}
-	return "lived"
+	for _, t := range reach {
+		// Three times the test's own time and five seconds more: a mutant
+		// that makes a test hang is killed without waiting for
+		// -test.timeout.
+		ctx, cancel := context.WithTimeout(context.Background(), 3*t.took+5*time.Second)
+		_, err := runTests(ctx, t.pkg.dir, bins[t.pkg], []string{t.name}, c.short)
+		timedOut := ctx.Err() != nil
+		cancel()
+		switch {
+		case timedOut:
+			return "timed out", t.name
+		case err != nil:
+			return "killed", t.name
+		}
+	}
+	// CI rejects a change go vet or staticcheck finds fault with.
+	if _, err := goCmd(context.Background(), pkgDir, "vet", "."); err != nil {
+		return "killed", "go vet"
+	}
+	if sc := staticcheck(); sc != "" {
+		cmd := exec.Command(sc, ".")
+		cmd.Dir, cmd.Env = pkgDir, append(os.Environ(), "GOWORK=off")
+		if err := cmd.Run(); err != nil {
+			return "killed", "staticcheck"
+		}
+	}
+	return "lived", ""
 }
 
-func goTest(ctx context.Context, dir string, args []string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "go", append([]string{"test"}, append(args, "./...")...)...)
+// staticcheck returns the path of an installed staticcheck, or "".
+func staticcheck() string {
+	if p, err := exec.LookPath("staticcheck"); err == nil {
+		return p
+	}
+	out, err := exec.Command("go", "env", "GOPATH").Output()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(strings.TrimSpace(string(out)), "bin", "staticcheck")
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
+}
+
+// runTests runs the named top-level tests of a test binary in dir.
+func runTests(ctx context.Context, dir, bin string, names []string, short bool, extra ...string) ([]byte, error) {
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = regexp.QuoteMeta(n)
+	}
+	args := []string{"-test.run", "^(" + strings.Join(quoted, "|") + ")$", "-test.count=1", "-test.failfast", "-test.timeout=10m"}
+	if short {
+		args = append(args, "-test.short")
+	}
+	cmd := exec.CommandContext(ctx, bin, append(args, extra...)...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOWORK=off")
-	// go test runs the test binary as a child: at the timeout, end the
-	// whole process group, or a hung test binary outlives the run.
+	// A test may start processes of its own: at the timeout, end the
+	// whole process group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	return cmd.CombinedOutput()
 }
 
-func goList(dir string) (string, error) {
-	cmd := exec.Command("go", "list", ".")
+func goCmd(ctx context.Context, dir string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "GOWORK=off")
-	out, err := cmd.Output()
+	return cmd.CombinedOutput()
+}
+
+func goList(dir, pattern, format string) (string, error) {
+	out, err := goCmd(context.Background(), dir, "list", "-f", format, pattern)
 	if err != nil {
-		return "", fmt.Errorf("go list in %s: %w", dir, err)
+		return "", fmt.Errorf("go list in %s: %v\n%s", dir, err, out)
 	}
 	return strings.TrimSpace(string(out)), nil
 }
@@ -200,6 +403,41 @@ func goList(dir string) (string, error) {
 func tail(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return strings.Join(lines[max(0, len(lines)-30):], "\n")
+}
+
+// --- equivalent mutants ----------------------------------------------------------
+
+// readEquivalents adds to out the mutants a file lists as equivalent: each
+// entry is a mutant's key on a line of its own (as the report prints it),
+// followed by one or more indented lines saying why no test can kill it.
+// Lines starting with # are comments.
+func readEquivalents(path string, out map[string]bool) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	last := ""
+	reasons := map[string]bool{} // entries of this file -> reason given
+	for i, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#"):
+		case line[0] == ' ' || line[0] == '\t':
+			if last == "" {
+				return fmt.Errorf("%s:%d: a reason before any mutant", path, i+1)
+			}
+			reasons[last] = true
+		default:
+			last = strings.TrimSpace(line)
+			out[last] = true
+			reasons[last] = reasons[last] || false
+		}
+	}
+	for k, ok := range reasons {
+		if !ok {
+			return fmt.Errorf("%s: no reason given for %s", path, k)
+		}
+	}
+	return nil
 }
 
 // --- finding mutants -----------------------------------------------------------
@@ -250,40 +488,84 @@ var swaps = map[token.Token]token.Token{
 
 func fileMutants(fset *token.FileSet, f *ast.File, name string, src []byte) []mutant {
 	var out []mutant
+	fn := ""
 	add := func(pos, end token.Pos, repl, desc string) {
 		p := fset.Position(pos)
-		out = append(out, mutant{file: name, line: p.Line, col: p.Column, start: p.Offset, end: fset.Position(end).Offset, repl: repl, desc: desc})
+		out = append(out, mutant{file: name, fn: fn, line: p.Line, col: p.Column, start: p.Offset, end: fset.Position(end).Offset,
+			repl: repl, desc: desc, text: lineAt(src, p.Offset)})
 	}
-	ast.Inspect(f, func(n ast.Node) bool {
-		switch n := n.(type) {
+	for _, d := range f.Decls {
+		switch d := d.(type) {
 		case *ast.GenDecl:
 			// Constants and package-level variables: their expressions are
 			// evaluated at start-up, outside any coverage block.
-			return n.Tok != token.CONST && n.Tok != token.VAR
-		case *ast.BinaryExpr:
-			if to, ok := swaps[n.Op]; ok && !isStringConcat(n) {
-				add(n.OpPos, n.OpPos+token.Pos(len(n.Op.String())), to.String(), fmt.Sprintf("%s -> %s", n.Op, to))
-			}
-		case *ast.UnaryExpr:
-			if n.Op == token.NOT {
-				add(n.OpPos, n.OpPos+1, "", "remove !")
-			}
-		case *ast.BlockStmt:
-			for _, st := range n.List {
-				if deletable(st) {
-					add(st.Pos(), st.End(), "{}", "delete "+firstLine(src[fset.Position(st.Pos()).Offset:fset.Position(st.End()).Offset]))
-				}
-			}
-		case *ast.CaseClause:
-			for _, st := range n.Body {
-				if deletable(st) {
-					add(st.Pos(), st.End(), "{}", "delete "+firstLine(src[fset.Position(st.Pos()).Offset:fset.Position(st.End()).Offset]))
-				}
-			}
+			continue
+		case *ast.FuncDecl:
+			fn = funcName(d)
 		}
-		return true
-	})
+		ast.Inspect(d, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.BinaryExpr:
+				if to, ok := swaps[n.Op]; ok && !isStringConcat(n) {
+					add(n.OpPos, n.OpPos+token.Pos(len(n.Op.String())), to.String(), fmt.Sprintf("%s -> %s", n.Op, to))
+				}
+			case *ast.UnaryExpr:
+				if n.Op == token.NOT {
+					add(n.OpPos, n.OpPos+1, "", "remove !")
+				}
+			case *ast.BlockStmt:
+				deletions(n.List, add, fset, src)
+			case *ast.CaseClause:
+				deletions(n.Body, add, fset, src)
+			case *ast.CommClause:
+				deletions(n.Body, add, fset, src)
+			}
+			return true
+		})
+	}
 	return out
+}
+
+func deletions(list []ast.Stmt, add func(pos, end token.Pos, repl, desc string), fset *token.FileSet, src []byte) {
+	for _, st := range list {
+		if deletable(st) {
+			add(st.Pos(), st.End(), "{}", "delete "+firstLine(src[fset.Position(st.Pos()).Offset:fset.Position(st.End()).Offset]))
+		}
+	}
+}
+
+// funcName names a function declaration as a reader would: F, T.M or
+// (*T).M.
+func funcName(d *ast.FuncDecl) string {
+	if d.Recv == nil || len(d.Recv.List) == 0 {
+		return d.Name.Name
+	}
+	t := d.Recv.List[0].Type
+	if ix, ok := t.(*ast.IndexExpr); ok { // generic receiver T[K]
+		t = ix.X
+	}
+	switch t := t.(type) {
+	case *ast.StarExpr:
+		x := t.X
+		if ix, ok := x.(*ast.IndexExpr); ok {
+			x = ix.X
+		}
+		if id, ok := x.(*ast.Ident); ok {
+			return "(*" + id.Name + ")." + d.Name.Name
+		}
+	case *ast.Ident:
+		return t.Name + "." + d.Name.Name
+	}
+	return d.Name.Name
+}
+
+func lineAt(src []byte, off int) string {
+	start := bytes.LastIndexByte(src[:off], '\n') + 1
+	end := bytes.IndexByte(src[off:], '\n')
+	if end < 0 {
+		end = len(src) - off
+	}
+	return strings.TrimSpace(string(src[start : off+end]))
 }
 
 // isStringConcat reports whether n is a + of string literals, which a swap
