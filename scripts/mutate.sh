@@ -22,7 +22,7 @@ trap 'rm -rf "$(dirname "$bin")"' EXIT
 mutate() { nice -n 15 "$bin" -repo . "$@"; }
 served() { scripts/services.sh nice -n 15 "$bin" -repo . "$@"; }
 
-root()         { mutate -pkg . -test .; }
+root()         { mutate -j 2 -pkg . -test .; }  # no servers: two mutants at once
 memstore()     { mutate -pkg memstore -test memstore; }
 redisstore()   { served -pkg redisstore -test redisstore/tests; }
 rueidisstore() { served -pkg rueidisstore -test rueidisstore/tests; }

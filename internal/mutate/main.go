@@ -52,6 +52,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -82,6 +83,7 @@ type config struct {
 	short              bool
 	only               string
 	equivalent         string
+	jobs               int
 }
 
 func main() {
@@ -93,7 +95,9 @@ func main() {
 	flag.BoolVar(&c.short, "short", false, "run the tests with -short")
 	flag.StringVar(&c.only, "only", "", "mutate only these files (comma-separated names)")
 	flag.StringVar(&c.equivalent, "equivalent", "internal/mutate/equivalent", "directory of the files (*.txt) of mutants judged equivalent, relative to -repo")
+	flag.IntVar(&c.jobs, "j", 1, "mutants judged at once, each in its own copy of the repository (keep 1 for tests that share servers)")
 	flag.Parse()
+	c.jobs = max(c.jobs, 1)
 	if c.testDir == "" {
 		c.testDir = c.pkg
 	}
@@ -139,15 +143,21 @@ func mainErr(c config) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if err := copyTree(c.repo, tmp); err != nil {
-		return err
+	// One copy of the repository for each worker: a mutant is planted in
+	// its worker's copy only.
+	copies := make([]string, c.jobs)
+	for i := range copies {
+		copies[i] = filepath.Join(tmp, fmt.Sprintf("w%d", i))
+		if err := copyTree(c.repo, copies[i]); err != nil {
+			return err
+		}
 	}
-	pkgDir := filepath.Join(tmp, c.pkg)
+	pkgDir := filepath.Join(copies[0], c.pkg)
 	importPath, err := goList(pkgDir, ".", "{{.ImportPath}}")
 	if err != nil {
 		return err
 	}
-	pkgs, err := measure(c, filepath.Join(tmp, c.testDir), importPath, tmp)
+	pkgs, err := measure(c, filepath.Join(copies[0], c.testDir), importPath, tmp)
 	if err != nil {
 		return err
 	}
@@ -156,25 +166,45 @@ func mainErr(c config) error {
 	if err != nil {
 		return err
 	}
-	counts := map[string]int{}
-	for i := range mutants {
-		m := &mutants[i]
-		reach := reaching(pkgs, m)
-		if len(reach) == 0 {
-			m.status = "not covered"
-		} else {
-			m.status, m.by = try(c, m, pkgDir, sources[m.file], reach, tmp)
-			if m.status == "lived" && equivalent[m.key()] {
-				m.status = "equivalent"
+	var (
+		mu     sync.Mutex
+		counts = map[string]int{}
+		done   int
+		next   = make(chan int)
+		wg     sync.WaitGroup
+	)
+	for w := range copies {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				m := &mutants[i]
+				reach := reaching(pkgs, m)
+				if len(reach) == 0 {
+					m.status = "not covered"
+				} else {
+					m.status, m.by = try(c, m, copies[0], copies[w], sources[m.file], reach, filepath.Join(tmp, fmt.Sprintf("w%d-", w)))
+					if m.status == "lived" && equivalent[m.key()] {
+						m.status = "equivalent"
+					}
+				}
+				by := ""
+				if m.by != "" {
+					by = " (" + m.by + ")"
+				}
+				mu.Lock()
+				counts[m.status]++
+				done++
+				fmt.Fprintf(os.Stderr, "%4d/%d %-11s %s:%d:%d %s%s\n", done, len(mutants), m.status, filepath.Join(c.pkg, m.file), m.line, m.col, m.desc, by)
+				mu.Unlock()
 			}
-		}
-		counts[m.status]++
-		by := ""
-		if m.by != "" {
-			by = " (" + m.by + ")"
-		}
-		fmt.Fprintf(os.Stderr, "%4d/%d %-11s %s:%d:%d %s%s\n", i+1, len(mutants), m.status, filepath.Join(c.pkg, m.file), m.line, m.col, m.desc, by)
+		}()
 	}
+	for i := range mutants {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 
 	fmt.Printf("package %s (judged by the tests in %s", importPath, c.testDir)
 	if c.run.String() != "" {
@@ -295,12 +325,22 @@ func reaching(pkgs []*testPkg, m *mutant) []*test {
 	return out
 }
 
-// try applies m to the package copy, judges it and restores the file.
-func try(c config, m *mutant, pkgDir string, src []byte, reach []*test, tmp string) (status, by string) {
+// try applies m to the worker's copy of the repository, judges it and
+// restores the file. The tests were measured in the copy at base; binaries
+// are written to names starting with binPrefix.
+func try(c config, m *mutant, base, dir string, src []byte, reach []*test, binPrefix string) (status, by string) {
+	in := func(measured string) string {
+		rel, err := filepath.Rel(base, measured)
+		if err != nil {
+			panic(err)
+		}
+		return filepath.Join(dir, rel)
+	}
+	pkgDir := filepath.Join(dir, c.pkg)
 	path := filepath.Join(pkgDir, m.file)
 	mutated := append(append(append([]byte{}, src[:m.start]...), m.repl...), src[m.end:]...)
 	if err := os.WriteFile(path, mutated, 0o644); err != nil {
-		return "error: " + err.Error(), ""
+		return "error", err.Error()
 	}
 	defer os.WriteFile(path, src, 0o644)
 	// A mutant that does not compile is not viable rather than killed.
@@ -313,9 +353,9 @@ func try(c config, m *mutant, pkgDir string, src []byte, reach []*test, tmp stri
 		if _, ok := bins[t.pkg]; ok {
 			continue
 		}
-		bin := filepath.Join(tmp, fmt.Sprintf("mutant%d.test", len(bins)))
-		if out, err := goCmd(context.Background(), t.pkg.dir, "test", "-c", "-vet=off", "-o", bin); err != nil {
-			return "error: " + tail(out), ""
+		bin := fmt.Sprintf("%smutant%d.test", binPrefix, len(bins))
+		if out, err := goCmd(context.Background(), in(t.pkg.dir), "test", "-c", "-vet=off", "-o", bin); err != nil {
+			return "error", fmt.Sprintf("building the tests: %v: %s", err, tail(out))
 		}
 		bins[t.pkg] = bin
 	}
@@ -324,7 +364,7 @@ func try(c config, m *mutant, pkgDir string, src []byte, reach []*test, tmp stri
 		// that makes a test hang is killed without waiting for
 		// -test.timeout.
 		ctx, cancel := context.WithTimeout(context.Background(), 3*t.took+5*time.Second)
-		_, err := runTests(ctx, t.pkg.dir, bins[t.pkg], []string{t.name}, c.short)
+		_, err := runTests(ctx, in(t.pkg.dir), bins[t.pkg], []string{t.name}, c.short)
 		timedOut := ctx.Err() != nil
 		cancel()
 		switch {
