@@ -12,12 +12,19 @@
 //	mw := idem.New(m.Store(store), idem.WithHook(m.Hook))
 //
 // outcome is idem.Outcome's name ("executed", "replayed", "conflict", ...).
-// operation is the Store method ("claim", "complete", "release", "renew",
-// and "lookup", "delete" for an Inspector); result is "ok", "lock_lost"
-// (the store refused an owner that no longer owns the key) or "error". A
-// key is in flight from the Claim that wins it until its owner's Complete
-// or Release, or until its lease runs out or is lost, as far as this
-// process sees it.
+// operation is the Store method ("claim", "complete", "release", "renew";
+// "lookup", "delete" for an Inspector; "begin_work" for a WorkStore's
+// BeginWork and "commit" for its Work's Commit); result is "ok",
+// "lock_lost" (the store refused an owner that no longer owns the key) or
+// "error". A key is in flight from the Claim that wins it until its
+// owner's Complete, Commit or Release, or until its lease runs out or is
+// lost, as far as this process sees it.
+//
+// The store wrapper implements exactly the optional interfaces of the
+// store it wraps, idem.Inspector and idem.WorkStore, so that wrapping a
+// store in transactional mode (sqlstore's TxStore) keeps that mode. The
+// Work it returns hands the work the context of the store's own unit
+// unchanged (sqlstore.TxFromContext finds the transaction).
 package idemprom
 
 import (
@@ -147,11 +154,30 @@ func (m *Metrics) Hook(ev idem.Event) {
 
 // Store returns store with every call timed into the store histogram and
 // the keys it claims counted in flight. The result implements
-// idem.Inspector when store does.
+// idem.Inspector when store does, and idem.WorkStore when store does (its
+// BeginWork and its Works' Commit are timed too); it implements neither
+// when store does not.
 func (m *Metrics) Store(store idem.Store) idem.Store {
 	s := &timedStore{store: store, m: m}
-	if ins, ok := store.(idem.Inspector); ok {
-		return &timedInspector{timedStore: s, ins: ins}
+	ins, isInspector := store.(idem.Inspector)
+	ws, isWorkStore := store.(idem.WorkStore)
+	switch {
+	case isInspector && isWorkStore:
+		return struct {
+			*timedStore
+			timedInspector
+			timedBegin
+		}{s, timedInspector{ins, m}, timedBegin{ws, m}}
+	case isInspector:
+		return struct {
+			*timedStore
+			timedInspector
+		}{s, timedInspector{ins, m}}
+	case isWorkStore:
+		return struct {
+			*timedStore
+			timedBegin
+		}{s, timedBegin{ws, m}}
 	}
 	return s
 }
@@ -222,21 +248,63 @@ func (s *timedStore) Renew(ctx context.Context, key, token string, lease time.Du
 	return err
 }
 
+// timedInspector times the calls of an Inspector.
 type timedInspector struct {
-	*timedStore
 	ins idem.Inspector
+	m   *Metrics
 }
 
-func (s *timedInspector) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
+func (s timedInspector) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
 	start := time.Now()
 	ks, err := s.ins.Lookup(ctx, key)
 	s.m.observe("lookup", start, err)
 	return ks, err
 }
 
-func (s *timedInspector) Delete(ctx context.Context, key string) (bool, error) {
+func (s timedInspector) Delete(ctx context.Context, key string) (bool, error) {
 	start := time.Now()
 	ok, err := s.ins.Delete(ctx, key)
 	s.m.observe("delete", start, err)
 	return ok, err
 }
+
+// timedBegin times the BeginWork of a WorkStore and wraps the Work it
+// begins.
+type timedBegin struct {
+	ws idem.WorkStore
+	m  *Metrics
+}
+
+func (s timedBegin) BeginWork(ctx context.Context, key, token string) (idem.Work, error) {
+	start := time.Now()
+	w, err := s.ws.BeginWork(ctx, key, token)
+	s.m.observe("begin_work", start, err)
+	if err != nil {
+		return nil, err
+	}
+	return &timedWork{work: w, key: key, token: token, m: s.m}, nil
+}
+
+// timedWork times Commit, which ends the owner's hold on the key as
+// Complete does: after a failed Commit the owner either releases the key
+// or (ErrLockLost) no longer holds it. Rollback ends nothing here: the
+// Release that follows it does.
+type timedWork struct {
+	work       idem.Work
+	key, token string
+	m          *Metrics
+}
+
+func (w *timedWork) Context(ctx context.Context) context.Context {
+	return w.work.Context(ctx)
+}
+
+func (w *timedWork) Commit(ctx context.Context, result []byte, ttl time.Duration) error {
+	start := time.Now()
+	err := w.work.Commit(ctx, result, ttl)
+	w.m.observe("commit", start, err)
+	w.m.owned.done(w.key, w.token)
+	return err
+}
+
+func (w *timedWork) Rollback() error { return w.work.Rollback() }
