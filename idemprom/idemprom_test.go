@@ -168,7 +168,7 @@ func TestKeysInFlight(t *testing.T) {
 	}
 
 	// A handler that fails (500, not kept) releases its key: not in flight.
-	_, _, srv2 := setup(t, store, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
+	reg, _, srv2 := setup(t, store, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
 	post(t, srv2.URL+"/p", "c", "x")
 	if g := gauge(); g != 0 {
 		t.Fatalf("in flight after a released key = %v, want 0", g)
