@@ -13,10 +13,18 @@
 // credentials.
 //
 // The store wrapper starts a span "idem.store.<operation>" (claim,
-// complete, release, renew; lookup and delete for an Inspector) as a child
+// complete, release, renew; lookup and delete for an Inspector; begin_work
+// for a WorkStore's BeginWork and commit for its Work's Commit) as a child
 // of the span in the call's context, which the middleware derives from the
 // request's; a store failure is recorded on it as an error, ErrLockLost as
-// idem.result=lock_lost.
+// idem.result=lock_lost. The wrapper implements exactly the optional
+// interfaces of the store it wraps, idem.Inspector and idem.WorkStore, so
+// that wrapping a store in transactional mode (sqlstore's TxStore) keeps
+// that mode; the Work it returns hands the work the context of the
+// store's own unit unchanged (sqlstore.TxFromContext finds the
+// transaction). A key is in flight from the Claim that wins it until its
+// owner's Complete, Commit or Release, or until its lease runs out or is
+// lost.
 //
 // Metrics (the Meter is named "github.com/idemgo/idem/idemotel"):
 //
@@ -184,11 +192,30 @@ func (in *Instrumentation) Hook(ev idem.Event) {
 
 // Store returns store with a span and a latency record for every call, and
 // the keys it claims counted in flight. The result implements
-// idem.Inspector when store does.
+// idem.Inspector when store does, and idem.WorkStore when store does (its
+// BeginWork and its Works' Commit get spans too); it implements neither
+// when store does not.
 func (in *Instrumentation) Store(store idem.Store) idem.Store {
 	s := &tracedStore{store: store, in: in}
-	if ins, ok := store.(idem.Inspector); ok {
-		return &tracedInspector{tracedStore: s, ins: ins}
+	ins, isInspector := store.(idem.Inspector)
+	ws, isWorkStore := store.(idem.WorkStore)
+	switch {
+	case isInspector && isWorkStore:
+		return struct {
+			*tracedStore
+			tracedInspector
+			tracedBegin
+		}{s, tracedInspector{ins, in}, tracedBegin{ws, in}}
+	case isInspector:
+		return struct {
+			*tracedStore
+			tracedInspector
+		}{s, tracedInspector{ins, in}}
+	case isWorkStore:
+		return struct {
+			*tracedStore
+			tracedBegin
+		}{s, tracedBegin{ws, in}}
 	}
 	return s
 }
@@ -271,24 +298,66 @@ func (s *tracedStore) Renew(ctx context.Context, key, token string, lease time.D
 	return err
 }
 
+// tracedInspector traces the calls of an Inspector.
 type tracedInspector struct {
-	*tracedStore
 	ins idem.Inspector
+	in  *Instrumentation
 }
 
-func (s *tracedInspector) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
+func (s tracedInspector) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
 	ctx, span, start := s.in.call(ctx, "lookup")
 	ks, err := s.ins.Lookup(ctx, key)
 	s.in.end(ctx, span, start, "lookup", err)
 	return ks, err
 }
 
-func (s *tracedInspector) Delete(ctx context.Context, key string) (bool, error) {
+func (s tracedInspector) Delete(ctx context.Context, key string) (bool, error) {
 	ctx, span, start := s.in.call(ctx, "delete")
 	ok, err := s.ins.Delete(ctx, key)
 	s.in.end(ctx, span, start, "delete", err)
 	return ok, err
 }
+
+// tracedBegin traces the BeginWork of a WorkStore and wraps the Work it
+// begins.
+type tracedBegin struct {
+	ws idem.WorkStore
+	in *Instrumentation
+}
+
+func (s tracedBegin) BeginWork(ctx context.Context, key, token string) (idem.Work, error) {
+	sctx, span, start := s.in.call(ctx, "begin_work")
+	w, err := s.ws.BeginWork(sctx, key, token)
+	s.in.end(sctx, span, start, "begin_work", err)
+	if err != nil {
+		return nil, err
+	}
+	return &tracedWork{work: w, key: key, token: token, in: s.in}, nil
+}
+
+// tracedWork traces Commit, which ends the owner's hold on the key as
+// Complete does: after a failed Commit the owner either releases the key
+// or (ErrLockLost) no longer holds it. Rollback ends nothing here: the
+// Release that follows it does.
+type tracedWork struct {
+	work       idem.Work
+	key, token string
+	in         *Instrumentation
+}
+
+func (w *tracedWork) Context(ctx context.Context) context.Context {
+	return w.work.Context(ctx)
+}
+
+func (w *tracedWork) Commit(ctx context.Context, result []byte, ttl time.Duration) error {
+	ctx, span, start := w.in.call(ctx, "commit")
+	err := w.work.Commit(ctx, result, ttl)
+	w.in.owned.done(w.key, w.token)
+	w.in.end(ctx, span, start, "commit", err)
+	return err
+}
+
+func (w *tracedWork) Rollback() error { return w.work.Rollback() }
 
 // owned tracks the keys this process owns, each until its lease ends
 // unless renewed, completed, released or lost (as idemprom does).
