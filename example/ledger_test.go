@@ -167,3 +167,89 @@ func runLedgerKills(t *testing.T, name, spec string, db *sql.DB) {
 	}
 	t.Logf("%s: %d payments, %d kill -9 at random moments, %d requests sent: one row per key, every answer replayed", name, keys, kills, sent)
 }
+
+// -ledger sql goes with -metrics: the metrics wrapper keeps the store's
+// transactional mode, so each payment's row is written in the transaction
+// that records its response (the handler finds it, or it answers 500),
+// and /metrics times those transactions' beginnings and commits instead
+// of Completes.
+func TestLedgerSQLWithMetrics(t *testing.T) {
+	for _, name := range []string{"postgres", "sqlite", "mysql"} {
+		t.Run(name, func(t *testing.T) {
+			spec := relStoreSpec(t, name)
+			db := ledgerDB(t, name, spec)
+			p := startExample(t, "-store", spec, "-ledger", "sql", "-metrics", "-log-level", "error")
+			const paid = 3
+			for i := 0; i < paid; i++ {
+				key := relKey(fmt.Sprintf("ledger-metrics-%s-%d", name, i))
+				body := fmt.Sprintf(`{"amount": %d, "currency": "eur"}`, 100+i)
+				first := p.mustPost(key, "", body)
+				if first.Status != http.StatusCreated {
+					t.Fatalf("key %s: %d %s, want 201", key, first.Status, first.Body)
+				}
+				again := p.mustPost(key, "", body)
+				if again.Status != http.StatusCreated || !bytes.Equal(again.Body, first.Body) || again.Header.Get("Idempotent-Replayed") != "true" {
+					t.Fatalf("key %s again: %d %s (replayed %q), want the replay of %s", key, again.Status, again.Body, again.Header.Get("Idempotent-Replayed"), first.Body)
+				}
+				q := `SELECT count(*), min(id) FROM example_payments WHERE idem_key = ?`
+				if name == "postgres" {
+					q = strings.Replace(q, "?", "$1", 1)
+				}
+				var (
+					n  int
+					id sql.NullString
+				)
+				if err := db.QueryRow(q, idem.StoreKey("", key)).Scan(&n, &id); err != nil {
+					t.Fatal(err)
+				}
+				if want := decodePayment(t, first).ID; n != 1 || id.String != want {
+					t.Fatalf("key %s: %d payment rows (first %q), want exactly one, %s", key, n, id.String, want)
+				}
+			}
+			// A payment that fails is rolled back: no row, the key released.
+			failed := relKey("ledger-metrics-" + name + "-failed")
+			if r := p.mustPost(failed, "", `{"amount": 1, "currency": "eur", "fail": true}`); r.Status != http.StatusInternalServerError {
+				t.Fatalf("failing payment: %d %s, want 500", r.Status, r.Body)
+			}
+			var n int
+			q := `SELECT count(*) FROM example_payments WHERE idem_key = ?`
+			if name == "postgres" {
+				q = strings.Replace(q, "?", "$1", 1)
+			}
+			if err := db.QueryRow(q, idem.StoreKey("", failed)).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Fatalf("the failed payment left %d rows, want 0", n)
+			}
+
+			out := get(t, p.URL+"/metrics")
+			for _, want := range []string{
+				fmt.Sprintf(`idem_store_call_duration_seconds_count{operation="begin_work",result="ok"} %d`, paid+1),
+				fmt.Sprintf(`idem_store_call_duration_seconds_count{operation="commit",result="ok"} %d`, paid),
+				`idem_store_call_duration_seconds_count{operation="release",result="ok"} 1`,
+				fmt.Sprintf(`idem_requests_total{outcome="executed",route="/payments"} %d`, paid+1),
+				fmt.Sprintf(`idem_requests_total{outcome="replayed",route="/payments"} %d`, paid),
+				`idem_keys_in_flight 0`,
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("/metrics lacks %s", want)
+				}
+			}
+			if strings.Contains(out, `operation="complete"`) {
+				t.Errorf("/metrics times Completes; the transactional store records responses with Commit:\n%s", grepLines(out, "idem_store_call"))
+			}
+		})
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

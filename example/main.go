@@ -9,6 +9,7 @@
 //	go run ./example -store postgres://user@127.0.0.1:5432/db?sslmode=disable
 //	go run ./example -store mysql://user:pass@127.0.0.1:3306/db  # MySQL, MariaDB
 //	go run ./example -store sqlite:/tmp/idem.db -ledger sql  # payments as rows, exactly once
+//	go run ./example -store sqlite:/tmp/idem.db -ledger sql -metrics  # the same, with its metrics
 //
 // -replay-cache 67108864 answers replays from 64 MiB of memory with no store
 // call (idem.WithReplayCache).
@@ -70,12 +71,8 @@ func run(args []string) error {
 	if err := storeurl.CheckRedisClient(*redisClient); err != nil {
 		return err
 	}
-	switch {
-	case *ledgerKind != "memory" && *ledgerKind != "sql":
+	if *ledgerKind != "memory" && *ledgerKind != "sql" {
 		return fmt.Errorf("-ledger %q: want memory or sql", *ledgerKind)
-	case *ledgerKind == "sql" && *metrics:
-		// The metrics wrapper would hide the transactional store.
-		return errors.New("-ledger sql does not go with -metrics")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
