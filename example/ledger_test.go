@@ -171,8 +171,8 @@ func runLedgerKills(t *testing.T, name, spec string, db *sql.DB) {
 // -ledger sql goes with -metrics: the metrics wrapper keeps the store's
 // transactional mode, so each payment's row is written in the transaction
 // that records its response (the handler finds it, or it answers 500),
-// and /metrics times those transactions' beginnings and commits instead
-// of Completes.
+// and /metrics times those transactions' beginnings, commits and
+// rollbacks, and no Complete.
 func TestLedgerSQLWithMetrics(t *testing.T) {
 	for _, name := range []string{"postgres", "sqlite", "mysql"} {
 		t.Run(name, func(t *testing.T) {
@@ -227,6 +227,7 @@ func TestLedgerSQLWithMetrics(t *testing.T) {
 			for _, want := range []string{
 				fmt.Sprintf(`idem_store_call_duration_seconds_count{operation="begin_work",result="ok"} %d`, paid+1),
 				fmt.Sprintf(`idem_store_call_duration_seconds_count{operation="commit",result="ok"} %d`, paid),
+				`idem_store_call_duration_seconds_count{operation="rollback",result="ok"} 1`,
 				`idem_store_call_duration_seconds_count{operation="release",result="ok"} 1`,
 				fmt.Sprintf(`idem_requests_total{outcome="executed",route="/payments"} %d`, paid+1),
 				fmt.Sprintf(`idem_requests_total{outcome="replayed",route="/payments"} %d`, paid),

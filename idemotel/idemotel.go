@@ -14,9 +14,10 @@
 //
 // The store wrapper starts a span "idem.store.<operation>" (claim,
 // complete, release, renew; lookup and delete for an Inspector; begin_work
-// for a WorkStore's BeginWork and commit for its Work's Commit) as a child
-// of the span in the call's context, which the middleware derives from the
-// request's; a store failure is recorded on it as an error, ErrLockLost as
+// for a WorkStore's BeginWork, commit and rollback for its Work's Commit
+// and Rollback) as a child of the span in the call's context, which the
+// middleware derives from the request's (Rollback has no context: its
+// span is a child of BeginWork's parent); a store failure is recorded on it as an error, ErrLockLost as
 // idem.result=lock_lost. The wrapper implements exactly the optional
 // interfaces of the store it wraps, idem.Inspector and idem.WorkStore, so
 // that wrapping a store in transactional mode (sqlstore's TxStore) keeps
@@ -193,8 +194,8 @@ func (in *Instrumentation) Hook(ev idem.Event) {
 // Store returns store with a span and a latency record for every call, and
 // the keys it claims counted in flight. The result implements
 // idem.Inspector when store does, and idem.WorkStore when store does (its
-// BeginWork and its Works' Commit get spans too); it implements neither
-// when store does not.
+// BeginWork and its Works' Commit and Rollback get spans too); it
+// implements neither when store does not.
 func (in *Instrumentation) Store(store idem.Store) idem.Store {
 	s := &tracedStore{store: store, in: in}
 	ins, isInspector := store.(idem.Inspector)
@@ -332,17 +333,20 @@ func (s tracedBegin) BeginWork(ctx context.Context, key, token string) (idem.Wor
 	if err != nil {
 		return nil, err
 	}
-	return &tracedWork{work: w, key: key, token: token, in: s.in}, nil
+	// Only the span is kept for Rollback, not ctx's deadline or values.
+	parent := trace.ContextWithSpanContext(context.Background(), trace.SpanContextFromContext(ctx))
+	return &tracedWork{work: w, key: key, token: token, in: s.in, parent: parent}, nil
 }
 
-// tracedWork traces Commit, which ends the owner's hold on the key as
-// Complete does: after a failed Commit the owner either releases the key
-// or (ErrLockLost) no longer holds it. Rollback ends nothing here: the
-// Release that follows it does.
+// tracedWork traces Commit and Rollback. Commit ends the owner's hold on
+// the key as Complete does: after a failed Commit the owner either
+// releases the key or (ErrLockLost) no longer holds it. Rollback ends
+// nothing: the Release that follows it does.
 type tracedWork struct {
 	work       idem.Work
 	key, token string
 	in         *Instrumentation
+	parent     context.Context // carries the span BeginWork was called under
 }
 
 func (w *tracedWork) Context(ctx context.Context) context.Context {
@@ -357,7 +361,12 @@ func (w *tracedWork) Commit(ctx context.Context, result []byte, ttl time.Duratio
 	return err
 }
 
-func (w *tracedWork) Rollback() error { return w.work.Rollback() }
+func (w *tracedWork) Rollback() error {
+	ctx, span, start := w.in.call(w.parent, "rollback")
+	err := w.work.Rollback()
+	w.in.end(ctx, span, start, "rollback", err)
+	return err
+}
 
 // owned tracks the keys this process owns, each until its lease ends
 // unless renewed, completed, released or lost (as idemprom does).

@@ -250,7 +250,8 @@ func TestWrappedWorkStoreCommitsTheHandlersUnit(t *testing.T) {
 }
 
 // However a unit of work ends, its key leaves the in-flight gauge, and
-// the commit's span says how it ended.
+// the spans say how it ended: a rollback is a child of the request's span
+// like the other store calls.
 func TestKeysInFlightAfterWorkEnds(t *testing.T) {
 	for _, c := range []struct {
 		name      string
@@ -318,6 +319,22 @@ func TestKeysInFlightAfterWorkEnds(t *testing.T) {
 			}
 			if n := len(r.spansNamed("idem.store.release")); n != c.releases {
 				t.Errorf("%d releases, want %d", n, c.releases)
+			}
+			rbSpans := r.spansNamed("idem.store.rollback")
+			if len(rbSpans) != c.rollbacks {
+				t.Errorf("%d rollback spans, want %d", len(rbSpans), c.rollbacks)
+			}
+			if roots := r.roots(); len(roots) != 1 {
+				t.Errorf("%d request spans, want 1", len(roots))
+			} else {
+				for _, s := range rbSpans {
+					if s.Parent().SpanID() != roots[0].SpanContext().SpanID() {
+						t.Errorf("the rollback span's parent is %v, not the request's span", s.Parent().SpanID())
+					}
+				}
+			}
+			if n := storeCalls(t, r.reader)["rollback ok"]; n != uint64(c.rollbacks) {
+				t.Errorf("%d rollbacks recorded, want %d", n, c.rollbacks)
 			}
 			_, completes, commits, rollbacks := us.counts()
 			if commits != c.commits || rollbacks != c.rollbacks || completes != 0 {

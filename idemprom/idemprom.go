@@ -14,7 +14,8 @@
 // outcome is idem.Outcome's name ("executed", "replayed", "conflict", ...).
 // operation is the Store method ("claim", "complete", "release", "renew";
 // "lookup", "delete" for an Inspector; "begin_work" for a WorkStore's
-// BeginWork and "commit" for its Work's Commit); result is "ok",
+// BeginWork, "commit" and "rollback" for its Work's Commit and Rollback);
+// result is "ok",
 // "lock_lost" (the store refused an owner that no longer owns the key) or
 // "error". A key is in flight from the Claim that wins it until its
 // owner's Complete, Commit or Release, or until its lease runs out or is
@@ -155,8 +156,8 @@ func (m *Metrics) Hook(ev idem.Event) {
 // Store returns store with every call timed into the store histogram and
 // the keys it claims counted in flight. The result implements
 // idem.Inspector when store does, and idem.WorkStore when store does (its
-// BeginWork and its Works' Commit are timed too); it implements neither
-// when store does not.
+// BeginWork and its Works' Commit and Rollback are timed too); it
+// implements neither when store does not.
 func (m *Metrics) Store(store idem.Store) idem.Store {
 	s := &timedStore{store: store, m: m}
 	ins, isInspector := store.(idem.Inspector)
@@ -285,9 +286,9 @@ func (s timedBegin) BeginWork(ctx context.Context, key, token string) (idem.Work
 	return &timedWork{work: w, key: key, token: token, m: s.m}, nil
 }
 
-// timedWork times Commit, which ends the owner's hold on the key as
-// Complete does: after a failed Commit the owner either releases the key
-// or (ErrLockLost) no longer holds it. Rollback ends nothing here: the
+// timedWork times Commit and Rollback. Commit ends the owner's hold on the
+// key as Complete does: after a failed Commit the owner either releases
+// the key or (ErrLockLost) no longer holds it. Rollback ends nothing: the
 // Release that follows it does.
 type timedWork struct {
 	work       idem.Work
@@ -307,4 +308,9 @@ func (w *timedWork) Commit(ctx context.Context, result []byte, ttl time.Duration
 	return err
 }
 
-func (w *timedWork) Rollback() error { return w.work.Rollback() }
+func (w *timedWork) Rollback() error {
+	start := time.Now()
+	err := w.work.Rollback()
+	w.m.observe("rollback", start, err)
+	return err
+}

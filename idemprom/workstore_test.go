@@ -146,8 +146,8 @@ func TestWrapperKeepsExactlyTheStoresOptionalInterfaces(t *testing.T) {
 	}
 }
 
-// BeginWork and Commit are timed as begin_work and commit, with their
-// results.
+// BeginWork, Commit and Rollback are timed as begin_work, commit and
+// rollback, with their results.
 func TestBeginWorkAndCommitAreTimed(t *testing.T) {
 	mem := memstore.New()
 	defer mem.Close()
@@ -202,9 +202,14 @@ func TestBeginWorkAndCommitAreTimed(t *testing.T) {
 	if err := w.Commit(ctx, []byte("done"), time.Hour); !errors.Is(err, idem.ErrLockLost) {
 		t.Fatalf("commit of a lost key: %v, want ErrLockLost", err)
 	}
-	w.Rollback()
+	if err := w.Rollback(); err != nil {
+		t.Fatal(err)
+	}
 	if n := count("commit", "lock_lost"); n != 1 {
 		t.Errorf("%d commit lock_lost timed, want 1", n)
+	}
+	if n := count("rollback", "ok"); n != 1 {
+		t.Errorf("%d rollback ok timed, want 1", n)
 	}
 
 	// A unit that cannot begin, and a commit that fails: error.
@@ -347,6 +352,9 @@ func TestKeysInFlightAfterWorkEnds(t *testing.T) {
 			}
 			if n := histogramCount(t, reg, "idem_store_call_duration_seconds", map[string]string{"operation": "release"}); n != c.releases {
 				t.Errorf("%d releases timed, want %d", n, c.releases)
+			}
+			if n := histogramCount(t, reg, "idem_store_call_duration_seconds", map[string]string{"operation": "rollback", "result": "ok"}); n != uint64(c.rollbacks) {
+				t.Errorf("%d rollbacks timed, want %d", n, c.rollbacks)
 			}
 			_, completes, commits, rollbacks := us.counts()
 			if commits != c.commits || rollbacks != c.rollbacks || completes != 0 {
