@@ -17,15 +17,17 @@
 // for a WorkStore's BeginWork, commit and rollback for its Work's Commit
 // and Rollback) as a child of the span in the call's context, which the
 // middleware derives from the request's (Rollback has no context: its
-// span is a child of BeginWork's parent); a store failure is recorded on it as an error, ErrLockLost as
-// idem.result=lock_lost. The wrapper implements exactly the optional
-// interfaces of the store it wraps, idem.Inspector and idem.WorkStore, so
-// that wrapping a store in transactional mode (sqlstore's TxStore) keeps
-// that mode; the Work it returns hands the work the context of the
-// store's own unit unchanged (sqlstore.TxFromContext finds the
-// transaction). A key is in flight from the Claim that wins it until its
-// owner's Complete, Commit or Release, or until its lease runs out or is
-// lost.
+// span is a child of the span BeginWork was called under); a store
+// failure is recorded on it as an error, ErrLockLost as
+// idem.result=lock_lost.
+//
+// The wrapper implements exactly the optional interfaces of the store it
+// wraps, idem.Inspector and idem.WorkStore, so that wrapping a store in
+// transactional mode (sqlstore's TxStore) keeps that mode; the Work it
+// returns hands the work the context of the store's own unit unchanged
+// (sqlstore.TxFromContext finds the transaction). A key is in flight from
+// the Claim that wins it until its owner's Complete, Commit or Release,
+// or until its lease runs out or is lost.
 //
 // Metrics (the Meter is named "github.com/idemgo/idem/idemotel"):
 //

@@ -15,11 +15,10 @@
 // operation is the Store method ("claim", "complete", "release", "renew";
 // "lookup", "delete" for an Inspector; "begin_work" for a WorkStore's
 // BeginWork, "commit" and "rollback" for its Work's Commit and Rollback);
-// result is "ok",
-// "lock_lost" (the store refused an owner that no longer owns the key) or
-// "error". A key is in flight from the Claim that wins it until its
-// owner's Complete, Commit or Release, or until its lease runs out or is
-// lost, as far as this process sees it.
+// result is "ok", "lock_lost" (the store refused an owner that no longer
+// owns the key) or "error". A key is in flight from the Claim that wins
+// it until its owner's Complete, Commit or Release, or until its lease
+// runs out or is lost, as far as this process sees it.
 //
 // The store wrapper implements exactly the optional interfaces of the
 // store it wraps, idem.Inspector and idem.WorkStore, so that wrapping a
