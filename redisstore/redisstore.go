@@ -277,11 +277,7 @@ func (s *Store) checkEviction(ctx context.Context, cmd *redis.MapStringStringCmd
 // as "delete now". (The Store contract leaves durations of zero or less
 // undefined; they count as 1 ms here.)
 func millis(d time.Duration) int64 {
-	ms := int64((d + time.Millisecond - 1) / time.Millisecond)
-	if ms < 1 {
-		return 1
-	}
-	return ms
+	return max(int64((d+time.Millisecond-1)/time.Millisecond), 1)
 }
 
 // Claim implements idem.Store.
@@ -306,8 +302,8 @@ var errMalformed = fmt.Errorf("malformed record: %w", idem.ErrCorruptRecord)
 
 // parseRecord reads the reply {v, s, t, f, r, pttl} of claimScript.
 func parseRecord(res interface{}) (*idem.Record, error) {
-	fields, ok := res.([]interface{})
-	if !ok || len(fields) != 6 {
+	fields, _ := res.([]interface{}) // nil, of length 0, for any other reply
+	if len(fields) != 6 {
 		return nil, fmt.Errorf("unexpected script reply %T: %w", res, errMalformed)
 	}
 	v, _ := bulk(fields[0])
@@ -320,10 +316,9 @@ func parseRecord(res interface{}) (*idem.Record, error) {
 	if !hasFP {
 		return nil, errMalformed
 	}
-	rec := &idem.Record{Fingerprint: fp, Token: token}
-	if pttl, ok := fields[5].(int64); ok && pttl > 0 {
-		rec.ExpiresIn = time.Duration(pttl) * time.Millisecond
-	}
+	// PTTL is -1 for a key without a TTL: then the store cannot tell (0).
+	pttl, _ := fields[5].(int64)
+	rec := &idem.Record{Fingerprint: fp, Token: token, ExpiresIn: time.Duration(max(pttl, 0)) * time.Millisecond}
 	switch state {
 	case stateInProgress:
 		rec.State = idem.StateInProgress
@@ -391,11 +386,7 @@ func (s *Store) Lookup(ctx context.Context, key string) (*idem.KeyState, error) 
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: lookup: %w", err)
 	}
-	ks := &idem.KeyState{State: rec.State, Fingerprint: rec.Fingerprint, Result: rec.Result}
-	if pttl, ok := res.([]interface{})[5].(int64); ok && pttl > 0 {
-		ks.ExpiresIn = time.Duration(pttl) * time.Millisecond
-	}
-	return ks, nil
+	return &idem.KeyState{State: rec.State, Fingerprint: rec.Fingerprint, Result: rec.Result, ExpiresIn: rec.ExpiresIn}, nil
 }
 
 // Delete implements idem.Inspector with DEL. Redis removes expired keys
