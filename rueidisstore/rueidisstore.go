@@ -253,24 +253,19 @@ func (s *Store) checkEviction(ctx context.Context, node rueidis.Client, addr str
 // least 1: a short duration never becomes a 0 ms TTL, which Redis would take
 // as "delete now".
 func millis(d time.Duration) string {
-	ms := int64((d + time.Millisecond - 1) / time.Millisecond)
-	if ms < 1 {
-		ms = 1
-	}
-	return strconv.FormatInt(ms, 10)
+	return strconv.FormatInt(max(int64((d+time.Millisecond-1)/time.Millisecond), 1), 10)
 }
 
 // Claim implements idem.Store.
 func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease time.Duration) (*idem.Record, error) {
-	res := claimScript.Exec(ctx, s.client, []string{s.prefix + key}, []string{token, fingerprint, millis(lease)})
-	fields, err := res.ToArray()
+	res, err := claimScript.Exec(ctx, s.client, []string{s.prefix + key}, []string{token, fingerprint, millis(lease)}).ToMessage()
 	if rueidis.IsRedisNil(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("rueidisstore: claim: %w", err)
 	}
-	rec, err := parseRecord(fields)
+	rec, err := parseRecord(&res)
 	if err != nil {
 		return nil, fmt.Errorf("rueidisstore: claim: %w", err)
 	}
@@ -282,9 +277,12 @@ func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease
 var errMalformed = fmt.Errorf("malformed record: %w", idem.ErrCorruptRecord)
 
 // parseRecord reads the reply {v, s, t, f, r, pttl} of the claim script.
-func parseRecord(fields []rueidis.RedisMessage) (*idem.Record, error) {
+// A reply of another shape, an array or not, is a malformed record, as in
+// redisstore.
+func parseRecord(res *rueidis.RedisMessage) (*idem.Record, error) {
+	fields, _ := res.ToArray() // nil, of length 0, for a reply that is not an array
 	if len(fields) != 6 {
-		return nil, fmt.Errorf("script reply of %d elements: %w", len(fields), errMalformed)
+		return nil, fmt.Errorf("script reply is not a record of 6 fields: %w", errMalformed)
 	}
 	v, _ := bulk(&fields[0])
 	if v != formatVersion {
@@ -297,8 +295,9 @@ func parseRecord(fields []rueidis.RedisMessage) (*idem.Record, error) {
 		return nil, errMalformed
 	}
 	var left time.Duration
-	if pttl, err := fields[5].AsInt64(); err == nil && pttl > 0 {
-		left = time.Duration(pttl) * time.Millisecond
+	if pttl, err := fields[5].AsInt64(); err == nil {
+		// PTTL is -1 for a key without a TTL: then the store cannot tell (0).
+		left = time.Duration(max(pttl, 0)) * time.Millisecond
 	}
 	rec := &idem.Record{Fingerprint: fp, Token: token, ExpiresIn: left}
 	switch state {
@@ -368,14 +367,14 @@ func fenced(op string, res rueidis.RedisResult) error {
 // Lookup implements idem.Inspector with one script that reads the record
 // and its TTL.
 func (s *Store) Lookup(ctx context.Context, key string) (*idem.KeyState, error) {
-	fields, err := lookupScript.Exec(ctx, s.client, []string{s.prefix + key}, nil).ToArray()
+	res, err := lookupScript.Exec(ctx, s.client, []string{s.prefix + key}, nil).ToMessage()
 	if rueidis.IsRedisNil(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("rueidisstore: lookup: %w", err)
 	}
-	rec, err := parseRecord(fields)
+	rec, err := parseRecord(&res)
 	if err != nil {
 		return nil, fmt.Errorf("rueidisstore: lookup: %w", err)
 	}
