@@ -187,3 +187,43 @@ func TestRejectsUnknownRecords(t *testing.T) {
 		t.Errorf("version 2 record changed: s=%q", got)
 	}
 }
+
+// Durations become whole milliseconds, rounded up: a lease is never 0 ms
+// (which Redis would take as "expire now"), and zero or less counts as 1 ms.
+func TestMillisecondsRoundUp(t *testing.T) {
+	m, c := newMini(t)
+	st := rueidisstore.New(c)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		lease time.Duration
+		want  time.Duration
+	}{
+		{-time.Second, time.Millisecond},
+		{0, time.Millisecond},
+		{time.Nanosecond, time.Millisecond},
+		{999 * time.Microsecond, time.Millisecond},
+		{time.Millisecond, time.Millisecond},
+		{1500 * time.Microsecond, 2 * time.Millisecond},
+		{2*time.Second + time.Nanosecond, 2001 * time.Millisecond},
+	} {
+		key := tc.lease.String()
+		if _, err := st.Claim(ctx, key, "tok", "fp", tc.lease); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.TTL("idem:" + key); got != tc.want {
+			t.Errorf("lease %v: TTL %v, want %v", tc.lease, got, tc.want)
+		}
+		if err := st.Renew(ctx, key, "tok", tc.lease); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.TTL("idem:" + key); got != tc.want {
+			t.Errorf("renewed lease %v: TTL %v, want %v", tc.lease, got, tc.want)
+		}
+		if err := st.Complete(ctx, key, "tok", nil, tc.lease); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.TTL("idem:" + key); got != tc.want {
+			t.Errorf("retention %v: TTL %v, want %v", tc.lease, got, tc.want)
+		}
+	}
+}
