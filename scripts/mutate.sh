@@ -4,7 +4,7 @@
 # - swapped, statements deleted), runs the tests that reach it, and lists the
 # bugs no test noticed. It works on a copy of the repository, never on the
 # working tree, one test run at a time, niced. It is not part of CI; README
-# "Testing" records the last figures, and internal/mutate/equivalent.txt
+# "Testing" records the last figures, and internal/mutate/equivalent/
 # explains every survivor no test can kill.
 #
 # Usage: scripts/mutate.sh [root|memstore|redisstore|rueidisstore|sqlstore|all]  (default all)

@@ -60,15 +60,19 @@ import (
 // mutant is one planted bug: the bytes [start, end) of file replaced by
 // repl.
 type mutant struct {
-	file       string // relative to the package directory
-	fn         string // enclosing function or method
-	line, col  int
-	start, end int
-	repl       string
-	desc       string
-	text       string // the source line, trimmed
-	status     string
-	by         string // what killed it
+	file      string // relative to the package directory
+	fn        string // enclosing function or method
+	line, col int
+	// Where coverage is looked up: the mutant's own position, except in
+	// a switch's case expressions, which Go's coverage puts in no block;
+	// they run when the switch does.
+	covLine, covCol int
+	start, end      int
+	repl            string
+	desc            string
+	text            string // the source line, trimmed
+	status          string
+	by              string // what killed it
 }
 
 // key names a mutant in the equivalents file; it does not depend on line
@@ -316,7 +320,7 @@ func reaching(pkgs []*testPkg, m *mutant) []*test {
 	var out []*test
 	for _, p := range pkgs {
 		for _, t := range p.tests {
-			if t.blocks.has(m.file, m.line, m.col) {
+			if t.blocks.has(m.file, m.covLine, m.covCol) {
 				out = append(out, t)
 			}
 		}
@@ -529,10 +533,36 @@ var swaps = map[token.Token]token.Token{
 func fileMutants(fset *token.FileSet, f *ast.File, name string, src []byte) []mutant {
 	var out []mutant
 	fn := ""
+	// The case expressions of each switch, and the switch's position.
+	type caseList struct{ from, to, sw token.Pos }
+	var cases []caseList
+	ast.Inspect(f, func(n ast.Node) bool {
+		var body *ast.BlockStmt
+		switch n := n.(type) {
+		case *ast.SwitchStmt:
+			body = n.Body
+		case *ast.TypeSwitchStmt:
+			body = n.Body
+		default:
+			return true
+		}
+		for _, st := range body.List {
+			if cc, ok := st.(*ast.CaseClause); ok && len(cc.List) > 0 {
+				cases = append(cases, caseList{cc.List[0].Pos(), cc.List[len(cc.List)-1].End(), n.Pos()})
+			}
+		}
+		return true
+	})
 	add := func(pos, end token.Pos, repl, desc string) {
 		p := fset.Position(pos)
-		out = append(out, mutant{file: name, fn: fn, line: p.Line, col: p.Column, start: p.Offset, end: fset.Position(end).Offset,
-			repl: repl, desc: desc, text: lineAt(src, p.Offset)})
+		cov := p
+		for _, c := range cases {
+			if pos >= c.from && pos < c.to {
+				cov = fset.Position(c.sw)
+			}
+		}
+		out = append(out, mutant{file: name, fn: fn, line: p.Line, col: p.Column, covLine: cov.Line, covCol: cov.Column,
+			start: p.Offset, end: fset.Position(end).Offset, repl: repl, desc: desc, text: lineAt(src, p.Offset)})
 	}
 	for _, d := range f.Decls {
 		switch d := d.(type) {
