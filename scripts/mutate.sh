@@ -3,7 +3,8 @@
 # (comparisons negated or shifted by one, && and || swapped, ! removed, + and
 # - swapped, statements deleted), runs the tests that reach it, and lists the
 # bugs no test noticed. It works on a copy of the repository, never on the
-# working tree, one test run at a time, niced. It is not part of CI; README
+# working tree, niced, one mutant at a time (two for the root package,
+# whose tests share no server). It is not part of CI; README
 # "Testing" records the last figures, and internal/mutate/equivalent/
 # explains every survivor no test can kill.
 #
