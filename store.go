@@ -85,7 +85,10 @@ type Store interface {
 	// completed record holding result, kept for ttl from now. The store may
 	// keep the result slice; the caller must not modify it afterwards. If the
 	// record is absent, expired, completed, or owned by another token,
-	// Complete changes nothing and returns ErrLockLost.
+	// Complete changes nothing and returns ErrLockLost. One exception is
+	// allowed: a store whose client sends a command again after losing its
+	// reply may return nil, changing nothing, to a Complete with the token
+	// and result of the Complete that completed the record.
 	Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error
 
 	// Release deletes the in-progress record of key owned by token, so that

@@ -10,7 +10,7 @@
 //
 //	v  format version of the record, "1" (see below)
 //	s  state: "1" in progress, "2" completed (the values of idem.State)
-//	t  owner token, while in progress
+//	t  owner token (kept once completed: see Complete)
 //	f  request fingerprint
 //	r  result bytes, once completed
 //
@@ -94,10 +94,12 @@ return rec
 `)
 
 	// completeScript: ARGV = token, result, retention in ms.
-	// Returns 1 when it completed the record, 0 when the caller does not own it.
-	completeScript = redis.NewScript(ownedCheck + `
+	// Returns 1 when it completed the record, 0 when the caller does not own
+	// it. The completed record keeps its owner's token, so that the same
+	// Complete sent again (go-redis resends a command whose reply was lost)
+	// finds its own result recorded and returns 1, changing nothing.
+	completeScript = redis.NewScript(resentComplete + ownedCheck + `
 redis.call('HSET', KEYS[1], 's', '` + stateCompleted + `', 'r', ARGV[2])
-redis.call('HDEL', KEYS[1], 't')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `)
@@ -123,6 +125,15 @@ const ownedCheck = `
 local rec = redis.call('HMGET', KEYS[1], 'v', 's', 't')
 if rec[1] ~= '` + formatVersion + `' or rec[2] ~= '` + stateInProgress + `' or rec[3] ~= ARGV[1] then
 	return 0
+end`
+
+// resentComplete starts completeScript: it returns 1 when KEYS[1] already
+// holds a completed record of the current format by owner ARGV[1] with
+// result ARGV[2], that is when this very Complete already ran.
+const resentComplete = `
+local done = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r')
+if done[1] == '` + formatVersion + `' and done[2] == '` + stateCompleted + `' and done[3] == ARGV[1] and done[4] == ARGV[2] then
+	return 1
 end`
 
 // lookupScript reads a record without changing it, for operators (it is
@@ -343,7 +354,12 @@ func bulk(v interface{}) (string, bool) {
 	return s, ok
 }
 
-// Complete implements idem.Store.
+// Complete implements idem.Store. go-redis sends a command again when its
+// reply is lost (Options.MaxRetries), so the same Complete may reach Redis
+// twice: a Complete that finds the record already completed by its token
+// with its result returns nil and changes nothing, so that the owner is
+// not told that its response went unrecorded. Any other Complete of a
+// completed record returns idem.ErrLockLost.
 func (s *Store) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
 	return fenced("complete", completeScript.Run(ctx, s.client, []string{s.prefix + key}, token, result, millis(ttl)))
 }

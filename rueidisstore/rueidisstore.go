@@ -19,7 +19,7 @@
 //
 //	v  format version of the record, "1"
 //	s  state: "1" in progress, "2" completed (the values of idem.State)
-//	t  owner token, while in progress
+//	t  owner token (kept once completed: see Complete)
 //	f  request fingerprint
 //	r  result bytes, once completed
 //
@@ -96,10 +96,20 @@ if rec[1] ~= '` + formatVersion + `' or rec[2] ~= '` + stateInProgress + `' or r
 	return 0
 end`
 
-	// complete: ARGV = token, result, retention in ms. Returns 1 or 0.
-	completeSrc = ownedCheck + `
+	// resentComplete starts complete: it returns 1 when KEYS[1] already
+	// holds a completed record of the current format by owner ARGV[1] with
+	// result ARGV[2], that is when this very Complete already ran (a
+	// command sent again after its reply was lost).
+	resentComplete = `
+local done = redis.call('HMGET', KEYS[1], 'v', 's', 't', 'r')
+if done[1] == '` + formatVersion + `' and done[2] == '` + stateCompleted + `' and done[3] == ARGV[1] and done[4] == ARGV[2] then
+	return 1
+end`
+
+	// complete: ARGV = token, result, retention in ms. Returns 1 or 0. The
+	// completed record keeps its owner's token, for resentComplete.
+	completeSrc = resentComplete + ownedCheck + `
 redis.call('HSET', KEYS[1], 's', '` + stateCompleted + `', 'r', ARGV[2])
-redis.call('HDEL', KEYS[1], 't')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `
@@ -335,7 +345,10 @@ func bulk(m *rueidis.RedisMessage) (string, bool) {
 }
 
 // Complete implements idem.Store. The result is sent without a copy: the
-// Store contract forbids the caller to change it afterwards.
+// Store contract forbids the caller to change it afterwards. As in
+// redisstore (the scripts are the same), a Complete that finds the record
+// already completed by its token with its result, because it was sent
+// again, returns nil and changes nothing.
 func (s *Store) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
 	return fenced("complete", completeScript.Exec(ctx, s.client, []string{s.prefix + key}, []string{token, rueidis.BinaryString(result), millis(ttl)}))
 }

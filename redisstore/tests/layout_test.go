@@ -66,7 +66,7 @@ func TestKeyLayout(t *testing.T) {
 	if err := st.Complete(ctx, key, "tok", result, 24*time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	want = map[string]string{"v": "1", "s": "2", "f": "fp", "r": string(result)}
+	want = map[string]string{"v": "1", "s": "2", "t": "tok", "f": "fp", "r": string(result)}
 	if got := hash(t, m, rkey); !equal(got, want) {
 		t.Fatalf("completed hash = %q, want %q", got, want)
 	}

@@ -145,7 +145,7 @@ func TestKeyLayout(t *testing.T) {
 	if err := st.Complete(ctx, key, "tok", []byte("\x00\xff r"), 24*time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := fields(), "f=fp;r=\x00\xff r;s=2;v=1;"; got != want {
+	if got, want := fields(), "f=fp;r=\x00\xff r;s=2;t=tok;v=1;"; got != want {
 		t.Fatalf("completed hash = %q, want %q", got, want)
 	}
 	if ttl := m.TTL(rkey); ttl != 24*time.Hour {
