@@ -475,10 +475,7 @@ func sqlStateField(err error) string {
 	for ; err != nil; err = errors.Unwrap(err) {
 		v := reflect.ValueOf(err)
 		if v.Kind() == reflect.Pointer {
-			if v.IsNil() {
-				continue
-			}
-			v = v.Elem()
+			v = v.Elem() // the zero Value, no struct, for a nil pointer
 		}
 		if v.Kind() != reflect.Struct {
 			continue
