@@ -488,8 +488,8 @@ func indexName(name string, limit int) string {
 // digits and underscores, at most 63 of them.
 func parseTable(table string) (schemaName, name string, err error) {
 	name = table
-	if i := strings.IndexByte(table, '.'); i >= 0 {
-		schemaName, name = table[:i], table[i+1:]
+	if before, after, ok := strings.Cut(table, "."); ok {
+		schemaName, name = before, after
 		if !isIdent(schemaName) {
 			return "", "", fmt.Errorf("sqlstore: invalid table name %q: the schema part must be a plain identifier ([A-Za-z_][A-Za-z0-9_]*, at most %d characters)", table, maxIdent)
 		}

@@ -1,0 +1,100 @@
+package sqlstore_test
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/idemgo/idem/sqlstore"
+)
+
+// A Migrate that fails gives its connection back and holds no lock: on a
+// pool of one connection, the next statement runs and the next Migrate
+// succeeds once the cause is gone. Here the table exists already without
+// an expires_at column, so creating the index fails.
+func TestFailedMigrateRollsBack(t *testing.T) {
+	for _, b := range backends[:2] { // MySQL: see TestFailedMySQLMigrateReleasesItsLock
+		t.Run(b.name, func(t *testing.T) {
+			db := b.open(t, b.dsn(t))
+			db.SetMaxOpenConns(1)
+			tbl := table(t, db)
+			ctx := testCtx(t)
+			if _, err := db.ExecContext(ctx, `CREATE TABLE `+tbl+` (key bytea PRIMARY KEY)`); err != nil {
+				t.Fatal(err)
+			}
+			s := newStore(t, db, b.dialect, tbl, sqlstore.WithSweepInterval(0))
+			err := s.Migrate(ctx)
+			if err == nil || !strings.HasPrefix(err.Error(), "sqlstore: migrate: ") || !strings.Contains(err.Error(), "expires_at") {
+				t.Fatalf("Migrate over a table without expires_at: %v, want a sqlstore: migrate: error naming the column", err)
+			}
+			// Bounded, so that a connection the failed Migrate kept shows
+			// as a failure here rather than as a hung test.
+			c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := db.ExecContext(c, `DROP TABLE `+tbl); err != nil {
+				t.Fatalf("the next statement after a failed Migrate: %v", err)
+			}
+			if err := s.Migrate(c); err != nil {
+				t.Fatalf("Migrate once the table is gone: %v", err)
+			}
+			if rec, err := s.Claim(c, "k", "tok", "fp", time.Minute); err != nil || rec != nil {
+				t.Fatalf("Claim: %v %v", rec, err)
+			}
+		})
+	}
+}
+
+// On MySQL, where Migrate holds a named lock of its session, a Migrate
+// that fails after taking the lock releases it: a Migrate from another
+// process (another pool) then gets it at once, rather than after its
+// 60-second wait.
+func TestFailedMySQLMigrateReleasesItsLock(t *testing.T) {
+	b := mysqlBackend
+	dsn := mysqlDSN(t)
+	db1, db2 := b.open(t, dsn), b.open(t, dsn)
+	ctx := testCtx(t)
+	broken := newStore(t, db1, b.dialect, "idem_no_such_database."+table(t, db1), sqlstore.WithSweepInterval(0))
+	err := broken.Migrate(ctx)
+	if err == nil || !strings.HasPrefix(err.Error(), "sqlstore: migrate: ") {
+		t.Fatalf("Migrate into a missing database: %v, want a sqlstore: migrate: error", err)
+	}
+	c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := newStore(t, db2, b.dialect, table(t, db2), sqlstore.WithSweepInterval(0)).Migrate(c); err != nil {
+		t.Fatalf("Migrate from another pool after a failed one: %v", err)
+	}
+}
+
+// A table in an attached SQLite database gets its table and its index
+// there.
+func TestSQLiteAttachedDatabase(t *testing.T) {
+	b := backends[0]
+	db := b.open(t, b.dsn(t))
+	db.SetMaxOpenConns(1) // ATTACH is per connection
+	ctx := testCtx(t)
+	aux := filepath.Join(t.TempDir(), "aux.db")
+	if _, err := db.ExecContext(ctx, `ATTACH DATABASE ?1 AS aux`, aux); err != nil {
+		t.Fatal(err)
+	}
+	s := newStore(t, db, b.dialect, "aux.keys", sqlstore.WithSweepInterval(0))
+	for i := 0; i < 2; i++ {
+		if err := s.Migrate(ctx); err != nil {
+			t.Fatalf("Migrate #%d: %v", i+1, err)
+		}
+	}
+	var n int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM aux.sqlite_master WHERE tbl_name = 'keys' AND type = 'index' AND name = 'keys_expires_at_idx'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("aux.keys_expires_at_idx: %d, %v; want the index", n, err)
+	}
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM main.sqlite_master WHERE tbl_name = 'keys'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("main holds %d objects of keys (%v), want none", n, err)
+	}
+	if rec, err := s.Claim(ctx, "k", "tok", "fp", time.Minute); err != nil || rec != nil {
+		t.Fatalf("Claim: %v %v", rec, err)
+	}
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM aux.keys`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("aux.keys holds %d rows (%v), want 1", n, err)
+	}
+}
