@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -341,23 +342,18 @@ WHERE {fenced}`,
 	"sweep": `DELETE FROM {table} WHERE expires_at <= {now} ORDER BY expires_at LIMIT ?1`,
 }
 
+// placeholder is a ?N placeholder of a MySQL statement in this file.
+var placeholder = regexp.MustCompile(`\?[1-9]`)
+
 // positional rewrites the ?N placeholders of q as ? and returns the
 // argument order they make (see queries.argOrder).
 func positional(q string) (string, []int) {
-	var (
-		b     strings.Builder
-		order []int
-	)
-	for i := 0; i < len(q); i++ {
-		if q[i] == '?' && i+1 < len(q) && '1' <= q[i+1] && q[i+1] <= '9' {
-			order = append(order, int(q[i+1]-'1'))
-			b.WriteByte('?')
-			i++
-			continue
-		}
-		b.WriteByte(q[i])
-	}
-	return b.String(), order
+	var order []int
+	out := placeholder.ReplaceAllStringFunc(q, func(p string) string {
+		order = append(order, int(p[1]-'1'))
+		return "?"
+	})
+	return out, order
 }
 
 // queries returns the statements of d for table, or an error if d is
