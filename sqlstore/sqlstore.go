@@ -244,18 +244,23 @@ func (s *Store) DeleteExpired(ctx context.Context, limit int) (int64, error) {
 // documentation). When
 // the record of key changes while Claim runs (a concurrent Claim commits
 // first, a record is released or expires), Claim reads the record as it is
-// now, and claims again if that record is gone too, at most 5 times.
+// now, and claims again if that record is gone too, at most 5 times. A
+// statement that fails with a serialization failure or a deadlock is run
+// again too, within the same 5 attempts; when they run out, the error
+// wraps the last such failure.
 func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease time.Duration) (*idem.Record, error) {
 	if err := s.checkLengths(key, token, fingerprint); err != nil {
 		return nil, err
 	}
 	k := []byte(key)
 	read := s.q.readFirst
+	var failure error // the last serialization failure or deadlock
 	for i := 0; i < maxAttempts; i++ {
 		if read {
 			_, rec, err := s.queryRecord(ctx, s.q.read, k)
 			if err != nil {
 				if retryable(err) && ctx.Err() == nil {
+					failure = err
 					continue
 				}
 				return nil, fmt.Errorf("sqlstore: claim: %w", err)
@@ -276,6 +281,7 @@ func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease
 		}
 		if err != nil {
 			if retryable(err) && ctx.Err() == nil {
+				failure = err
 				continue
 			}
 			return nil, fmt.Errorf("sqlstore: claim: %w", err)
@@ -287,6 +293,9 @@ func (s *Store) Claim(ctx context.Context, key, token, fingerprint string, lease
 			return rec, nil
 		}
 		read = true
+	}
+	if failure != nil {
+		return nil, fmt.Errorf("sqlstore: claim: giving up after %d attempts: %w", maxAttempts, failure)
 	}
 	return nil, fmt.Errorf("sqlstore: claim: the record changed under %d attempts in a row; giving up", maxAttempts)
 }

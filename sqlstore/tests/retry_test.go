@@ -184,7 +184,8 @@ func TestClaimRetriesSerializationFailure(t *testing.T) {
 }
 
 // A Claim that keeps failing with serialization failures gives up after
-// 5 statements, with an error (never a claim, never ErrLockLost).
+// 5 statements, with an error that wraps the failure (never a claim,
+// never ErrLockLost).
 func TestClaimGivesUpAfterFiveSerializationFailures(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		f, fc := b.faultFixture(t)
@@ -197,8 +198,8 @@ func TestClaimGivesUpAfterFiveSerializationFailures(t *testing.T) {
 		n := fc.run(failing(-1, func(string) bool { return true }, fault), func() {
 			rec, err = f.store.Claim(ctx, "k", "owner", "fp", time.Minute)
 		})
-		if err == nil || rec != nil || errors.Is(err, idem.ErrLockLost) || !strings.HasPrefix(err.Error(), "sqlstore: claim: ") {
-			t.Fatalf("Claim under endless %v: %+v, %v; want a sqlstore: claim: error", fault, rec, err)
+		if !errors.Is(err, fault) || rec != nil || errors.Is(err, idem.ErrLockLost) || !strings.HasPrefix(err.Error(), "sqlstore: claim: ") {
+			t.Fatalf("Claim under endless %v: %+v, %v; want a sqlstore: claim: error wrapping it", fault, rec, err)
 		}
 		if n != 5 {
 			t.Fatalf("Claim ran %d statements, want 5", n)
