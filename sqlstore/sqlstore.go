@@ -438,11 +438,9 @@ func (s *Store) execFenced(ctx context.Context, db execer, retry bool, op, query
 }
 
 // duration converts d to the dialect's unit, rounding up so that a positive
-// lease never becomes zero.
+// lease never becomes zero; a negative one counts as zero.
 func (s *Store) duration(d time.Duration) int64 {
-	if d <= 0 {
-		return 0
-	}
+	d = max(d, 0)
 	n := d / s.q.unit
 	if d%s.q.unit != 0 {
 		n++

@@ -403,7 +403,7 @@ func TestNewRefusesBadArguments(t *testing.T) {
 			t.Errorf("Schema(%q) accepted", name)
 		}
 	}
-	for _, name := range []string{"idem_keys", "_x", "Keys2", "public.idem_keys", "order", strings.Repeat("a", 63)} {
+	for _, name := range []string{"idem_keys", "_x", "Keys2", "public.idem_keys", "order", "AZaz_09", "Zz9.Aa0", strings.Repeat("a", 63)} {
 		s, err := sqlstore.New(db, sqlstore.SQLite, sqlstore.WithTable(name))
 		if err != nil {
 			t.Errorf("WithTable(%q): %v", name, err)
