@@ -49,11 +49,13 @@ func TestFailedMigrateRollsBack(t *testing.T) {
 // On MySQL, where Migrate holds a named lock of its session, a Migrate
 // that fails after taking the lock releases it: a Migrate from another
 // process (another pool) then gets it at once, rather than after its
-// 60-second wait.
+// 60-second wait. Failed or not, Migrate gives its connection back: on a
+// pool of one, Migrate and Claim run after it.
 func TestFailedMySQLMigrateReleasesItsLock(t *testing.T) {
 	b := mysqlBackend
 	dsn := mysqlDSN(t)
 	db1, db2 := b.open(t, dsn), b.open(t, dsn)
+	db1.SetMaxOpenConns(1)
 	ctx := testCtx(t)
 	broken := newStore(t, db1, b.dialect, "idem_no_such_database."+table(t, db1), sqlstore.WithSweepInterval(0))
 	err := broken.Migrate(ctx)
@@ -64,6 +66,13 @@ func TestFailedMySQLMigrateReleasesItsLock(t *testing.T) {
 	defer cancel()
 	if err := newStore(t, db2, b.dialect, table(t, db2), sqlstore.WithSweepInterval(0)).Migrate(c); err != nil {
 		t.Fatalf("Migrate from another pool after a failed one: %v", err)
+	}
+	s := newStore(t, db1, b.dialect, table(t, db1), sqlstore.WithSweepInterval(0))
+	if err := s.Migrate(c); err != nil {
+		t.Fatalf("Migrate on the pool of one after a failed one: %v", err)
+	}
+	if rec, err := s.Claim(c, "k", "tok", "fp", time.Minute); err != nil || rec != nil {
+		t.Fatalf("Claim on the pool of one after Migrate: %v %v", rec, err)
 	}
 }
 
