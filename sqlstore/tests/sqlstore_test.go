@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -234,8 +235,8 @@ func takeoverOneWinner(t *testing.T, b backend) {
 
 // On PostgreSQL under READ COMMITTED, a Claim whose statement
 // snapshot predates a record committed by a concurrent transaction (a new
-// record, or the takeover of an expired one) returns that record. It never
-// claims the key and never fails.
+// record, or the takeover of an expired one) returns that record, which it
+// reads with a plain read. It never claims the key and never fails.
 func TestPostgresClaimSeesConcurrentCommit(t *testing.T) {
 	b := backends[1]
 	for _, tc := range []struct {
@@ -255,7 +256,7 @@ func TestPostgresClaimSeesConcurrentCommit(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := b.fixture(t)
+			f, fc := b.faultFixture(t)
 			key := []byte("contended")
 			sqlt := func(q string) string { return strings.ReplaceAll(q, "{t}", f.table) }
 			if tc.before != "" {
@@ -275,6 +276,22 @@ func TestPostgresClaimSeesConcurrentCommit(t *testing.T) {
 				rec *idem.Record
 				err error
 			}
+			var (
+				mu    sync.Mutex
+				stmts []string
+			)
+			fc.inject(func(q string) error {
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case isInsert(q):
+					stmts = append(stmts, "claim")
+				case isRead(q):
+					stmts = append(stmts, "read")
+				}
+				return nil
+			})
+			defer fc.inject(nil)
 			done := make(chan result, 1)
 			go func() {
 				rec, err := f.store.Claim(context.Background(), string(key), "late", "fp-late", time.Minute)
@@ -295,6 +312,11 @@ func TestPostgresClaimSeesConcurrentCommit(t *testing.T) {
 			}
 			if res.rec.State != idem.StateInProgress || res.rec.Fingerprint != "fp-winner" || res.rec.Token != "winner" {
 				t.Fatalf("Claim returned %+v, want the winner's record", res.rec)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if want := []string{"claim", "read"}; !slices.Equal(stmts, want) {
+				t.Fatalf("Claim ran %v, want %v", stmts, want)
 			}
 		})
 	}
