@@ -2,6 +2,7 @@ package sqlstore_test
 
 import (
 	"context"
+	"database/sql"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -105,5 +106,64 @@ func TestSQLiteAttachedDatabase(t *testing.T) {
 	}
 	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM aux.keys`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("aux.keys holds %d rows (%v), want 1", n, err)
+	}
+}
+
+// Migrate takes its lock (PostgreSQL's advisory lock, MySQL's GET_LOCK)
+// before it changes anything: while another session holds it, as a
+// Migrate in another process would, Migrate waits, and finishes once the
+// lock is released.
+func TestMigrateWaitsForTheLockOfAnother(t *testing.T) {
+	for _, b := range backends[1:] {
+		t.Run(b.name, func(t *testing.T) {
+			db := b.open(t, b.dsn(t))
+			ctx := testCtx(t)
+			tbl := table(t, db)
+			holder, err := db.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer holder.Close()
+			lock, unlock := `SELECT pg_advisory_lock(hashtext($1))`, `SELECT pg_advisory_unlock(hashtext($1))`
+			key := `idem sqlstore migrate "` + tbl + `"`
+			waiting := `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' AND datname = current_database()`
+			if b.dialect == sqlstore.MySQL {
+				lock, unlock = `SELECT GET_LOCK(?, 10)`, `SELECT RELEASE_LOCK(?)`
+				key = "idem sqlstore migrate"
+				waiting = `SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'SELECT GET_LOCK(%' AND id <> CONNECTION_ID()`
+			}
+			var got sql.NullString // void on PostgreSQL, 1 on MySQL
+			if err := holder.QueryRowContext(ctx, lock, key).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if b.dialect == sqlstore.MySQL && got.String != "1" {
+				t.Fatalf("GET_LOCK returned %v", got)
+			}
+			s := newStore(t, db, b.dialect, tbl, sqlstore.WithSweepInterval(0))
+			done := make(chan error, 1)
+			go func() { done <- s.Migrate(ctx) }()
+			for waited := false; !waited; {
+				select {
+				case err := <-done:
+					t.Fatalf("Migrate finished (%v) while another session held its lock", err)
+				default:
+				}
+				var n int
+				if err := db.QueryRowContext(ctx, waiting).Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+				waited = n > 0
+				time.Sleep(5 * time.Millisecond)
+			}
+			if _, err := holder.ExecContext(ctx, unlock, key); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("Migrate once the lock was released: %v", err)
+			}
+			if rec, err := s.Claim(ctx, "k", "tok", "fp", time.Minute); err != nil || rec != nil {
+				t.Fatalf("Claim: %v %v", rec, err)
+			}
+		})
 	}
 }
