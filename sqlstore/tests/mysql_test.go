@@ -65,8 +65,22 @@ func TestMySQLKeyLengthLimit(t *testing.T) {
 	if got := f.rows(t); got != 2 {
 		t.Fatalf("%d rows, want the 2 claimed keys only", got)
 	}
-	if _, err := f.store.Claim(ctx, "k", strings.Repeat("t", 65536), "fp", time.Minute); err == nil {
-		t.Fatal("Claim accepted a token longer than a BLOB holds")
+	// Tokens and fingerprints up to the 65535 bytes of a BLOB are kept
+	// whole; a longer one is refused.
+	tok, fp := strings.Repeat("t", 65535), strings.Repeat("f", 65535)
+	if rec, err := f.store.Claim(ctx, "full", tok, fp, time.Minute); err != nil || rec != nil {
+		t.Fatalf("Claim with a 65535-byte token and fingerprint: %v %v", rec, err)
+	}
+	if rec, err := f.store.Claim(ctx, "full", "other", "fp", time.Minute); err != nil || rec == nil || rec.Token != tok || rec.Fingerprint != fp {
+		t.Fatalf("the 65535-byte token and fingerprint did not come back whole: %v", err)
+	}
+	for _, c := range []struct{ tok, fp string }{{tok + "t", "fp"}, {"tok", fp + "f"}} {
+		if _, err := f.store.Claim(ctx, "long", c.tok, c.fp, time.Minute); err == nil || !strings.Contains(err.Error(), "65535") {
+			t.Fatalf("Claim with a %d-byte token and a %d-byte fingerprint: %v, want an error", len(c.tok), len(c.fp), err)
+		}
+	}
+	if got := f.rows(t); got != 3 {
+		t.Fatalf("%d rows, want the 3 claimed keys only", got)
 	}
 }
 
