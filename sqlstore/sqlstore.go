@@ -362,10 +362,7 @@ func (s *Store) queryRecord(ctx context.Context, query string, args ...any) (won
 		rec.LeaseLeft = rec.ExpiresIn
 	case stateCompleted:
 		rec.State = idem.StateCompleted
-		rec.Result = result
-		if rec.Result == nil {
-			rec.Result = []byte{}
-		}
+		rec.Result = nonNil(result)
 	default:
 		return false, nil, fmt.Errorf("the record has unknown state %d: %w", state, idem.ErrCorruptRecord)
 	}
