@@ -442,7 +442,8 @@ func TestNewRefusesBadArguments(t *testing.T) {
 }
 
 // A record of a format version this release does not know, or
-// with an unknown state, is an error, never replayed and never claimed.
+// with an unknown state, is an error, never replayed, never claimed and
+// never shown by Lookup.
 func TestUnknownRecordIsAnError(t *testing.T) {
 	forEach(t, func(t *testing.T, b backend) {
 		f := b.fixture(t)
@@ -470,6 +471,10 @@ func TestUnknownRecordIsAnError(t *testing.T) {
 			}
 			if errors.Is(err, idem.ErrLockLost) {
 				t.Fatalf("%s: Claim error is ErrLockLost", tc.key)
+			}
+			ks, err := f.store.Lookup(ctx, tc.key)
+			if ks != nil || !errors.Is(err, idem.ErrCorruptRecord) || !strings.HasPrefix(err.Error(), "sqlstore: lookup: ") {
+				t.Fatalf("%s: Lookup = %+v, %v; want a sqlstore: lookup: error wrapping idem.ErrCorruptRecord", tc.key, ks, err)
 			}
 		}
 	})
