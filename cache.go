@@ -58,7 +58,9 @@ type cacheEntry struct {
 }
 
 func newReplayCache(l cacheLimits) *replayCache {
-	if l.maxBytes <= 0 {
+	if l == (cacheLimits{}) {
+		// WithReplayCache was not given (when it is, its bounds are
+		// checked positive).
 		return nil
 	}
 	c := &replayCache{limits: l, now: time.Now, m: make(map[string]*cacheEntry)}
@@ -131,10 +133,11 @@ func (e *cacheEntry) replayCopy() *Response {
 }
 
 // addRecord keeps a completed record read from the store at asked (the time
-// before the call), until the store's expiry or the cache's max age.
+// before the call), until the store's expiry or the cache's max age. A
+// record without the store's expiry (ExpiresIn zero) gives an entry that
+// ends at asked, which add does not keep: it might outlive the record.
 func (c *replayCache) addRecord(key string, rec *Record, asked time.Time) {
-	if c == nil || rec.State != StateCompleted || rec.ExpiresIn <= 0 {
-		// Without the store's expiry the entry might outlive the record.
+	if c == nil || rec.State != StateCompleted {
 		return
 	}
 	c.add(key, rec.Fingerprint, rec.Result, asked.Add(min(rec.ExpiresIn, c.limits.maxAge)))

@@ -196,6 +196,16 @@ func TestReplayCacheBounds(t *testing.T) {
 		if st.calls() == before {
 			t.Fatal("the oldest key is still cached")
 		}
+		// k0 took the place of k3, the least recently used once k2 was.
+		before = st.calls()
+		do(h, "POST", "/pay", "k2", "b")
+		if st.calls() != before {
+			t.Fatal("k2, used after k3, was evicted before it")
+		}
+		do(h, "POST", "/pay", "k3", "b")
+		if st.calls() == before {
+			t.Fatal("k3, the least recently used, is still cached")
+		}
 	})
 	t.Run("bytes", func(t *testing.T) {
 		st, _ := newCountingStore(t)
@@ -352,5 +362,155 @@ func TestReplayCacheHitEqualsStoreReplay(t *testing.T) {
 	}
 	if fromCache.Trailer.Get("X-Sum") != "42" || strings.Join(fromCache.Header.Values("Vary"), ",") != "Origin,Accept" {
 		t.Fatalf("replay lost the trailer or the appended Vary: %v %v", fromCache.Header, fromCache.Trailer)
+	}
+}
+
+// An entry found expired gives its room back, even when the request it
+// met brings no new entry (here the store cannot tell the record's expiry).
+func TestReplayCacheDropsExpiredEntries(t *testing.T) {
+	clock := newFakeClock()
+	st, _ := newCountingStore(t, memstore.WithClock(clock.Now))
+	p := &payments{}
+	m, h := cached(t, noExpiry{st}, p, idem.WithReplayCache(1<<20, 100, 10*time.Second))
+	idem.SetReplayCacheClock(m, clock.Now)
+	do(h, "POST", "/pay", "k", "b")
+	if n, _ := idem.ReplayCacheStats(m); n != 1 {
+		t.Fatalf("%d entries after the first request, want 1", n)
+	}
+	clock.Advance(11 * time.Second)
+	if w := do(h, "POST", "/pay", "k", "b"); w.Header().Get("Idempotent-Replayed") != "true" || p.runs.Load() != 1 {
+		t.Fatalf("after max age: replayed %q, %d runs; want a replay from the store", w.Header().Get("Idempotent-Replayed"), p.runs.Load())
+	}
+	if n, b := idem.ReplayCacheStats(m); n != 0 || b != 0 {
+		t.Fatalf("%d entries of %d bytes after the only entry expired, want none", n, b)
+	}
+}
+
+// The byte bound is what the cache may hold: an entry of exactly a
+// sixteenth of it is kept, and sixteen such entries fill it without an
+// eviction; the seventeenth evicts the least recently used.
+func TestReplayCacheFillsItsByteBound(t *testing.T) {
+	h200 := &sized{n: 100}
+	st, _ := newCountingStore(t)
+	probe, ph := cached(t, st, h200, idem.WithReplayCache(1<<20, 1000, time.Hour))
+	do(ph, "POST", "/pay", "k00", "b")
+	_, size := idem.ReplayCacheStats(probe)
+	if size == 0 {
+		t.Fatal("the probe cached nothing")
+	}
+
+	st, _ = newCountingStore(t)
+	m, h := cached(t, st, h200, idem.WithReplayCache(16*size, 1000, time.Hour))
+	for i := 0; i < 16; i++ {
+		do(h, "POST", "/pay", fmt.Sprintf("k%02d", i), "b")
+	}
+	if n, b := idem.ReplayCacheStats(m); n != 16 || b != 16*size {
+		t.Fatalf("%d entries of %d bytes, want 16 entries filling the bound %d", n, b, 16*size)
+	}
+	before := st.calls()
+	do(h, "POST", "/pay", "k00", "b")
+	if st.calls() != before {
+		t.Fatal("the oldest of 16 entries that fit the bound was evicted")
+	}
+	do(h, "POST", "/pay", "k16", "b")
+	if n, b := idem.ReplayCacheStats(m); n != 16 || b != 16*size {
+		t.Fatalf("after a 17th key: %d entries of %d bytes, want 16 within %d", n, b, 16*size)
+	}
+	before = st.calls()
+	do(h, "POST", "/pay", "k00", "b") // used recently: still there
+	if st.calls() != before {
+		t.Fatal("the 17th key evicted a recently used entry")
+	}
+	do(h, "POST", "/pay", "k01", "b") // the least recently used: evicted
+	if st.calls() == before {
+		t.Fatal("the 17th key evicted nothing")
+	}
+}
+
+// Every entry counts its key, its fingerprint and a fixed overhead against
+// the byte bound: a fingerprint function that returns long strings gets
+// fewer entries, never more memory.
+func TestReplayCacheBoundCountsFingerprintsAndOverhead(t *testing.T) {
+	const maxBytes, fpLen, keys = 64 << 10, 2 << 10, 100
+	long := func(r *http.Request, body []byte) string {
+		return strings.Repeat("f", fpLen-len(body)) + string(body)
+	}
+	st, _ := newCountingStore(t)
+	m, h := cached(t, st, &sized{n: 1}, idem.WithFingerprint(long), idem.WithReplayCache(maxBytes, 1000, time.Hour))
+	for i := 0; i < keys; i++ {
+		do(h, "POST", "/pay", fmt.Sprint("k", i), fmt.Sprint("b", i))
+	}
+	n, b := idem.ReplayCacheStats(m)
+	const least = int64(len("k0")) + fpLen + 256 // key, fingerprint, overhead
+	if n == 0 || b > maxBytes || int64(n)*least > maxBytes {
+		t.Fatalf("%d entries of %d bytes; want some, each counting at least %d bytes, within %d", n, b, least, maxBytes)
+	}
+}
+
+// A request that completes while another with the same key is replayed
+// from the store leaves one entry for the key, counted once.
+func TestReplayCacheCountsAReplacedEntryOnce(t *testing.T) {
+	st, _ := newCountingStore(t)
+	gate := &completeGate{Store: st, completed: make(chan struct{}), release: make(chan struct{})}
+	m, h := cached(t, gate, &sized{n: 10}, idem.WithReplayCache(1<<20, 100, time.Hour))
+	first := make(chan *httptest.ResponseRecorder)
+	go func() { first <- do(h, "POST", "/pay", "k", "b") }()
+	<-gate.completed // stored, not yet cached by the request that ran
+	second := do(h, "POST", "/pay", "k", "b")
+	if second.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("second request: %d %v, want a replay", second.Code, second.Header())
+	}
+	n, size := idem.ReplayCacheStats(m)
+	if n != 1 || size == 0 {
+		t.Fatalf("%d entries of %d bytes after the replay, want one", n, size)
+	}
+	close(gate.release)
+	if w := <-first; w.Code != http.StatusOK || w.Body.String() != second.Body.String() {
+		t.Fatalf("first request: %d %q, want 200 %q", w.Code, w.Body, second.Body)
+	}
+	if n, b := idem.ReplayCacheStats(m); n != 1 || b != size {
+		t.Fatalf("%d entries of %d bytes once both requests cached the key, want 1 of %d", n, b, size)
+	}
+}
+
+// completeGate holds the first Complete after the store took it, until
+// release is closed.
+type completeGate struct {
+	idem.Store
+	once               sync.Once
+	completed, release chan struct{}
+}
+
+func (g *completeGate) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
+	err := g.Store.Complete(ctx, key, token, result, ttl)
+	g.once.Do(func() {
+		close(g.completed)
+		<-g.release
+	})
+	return err
+}
+
+// A streamed response is recorded without its body: a retry gets the
+// response-not-replayable problem from the store, and the cache keeps no
+// entry that would replay it with an empty body.
+func TestReplayCacheLeavesStreamedResponsesUnreplayable(t *testing.T) {
+	st, _ := newCountingStore(t)
+	stream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("part"))
+		w.(http.Flusher).Flush()
+		w.Write([]byte("rest"))
+	})
+	m, h := cached(t, st, stream, idem.WithReplayCache(1<<20, 100, time.Hour))
+	if w := do(h, "POST", "/pay", "k", "b"); w.Body.String() != "partrest" {
+		t.Fatalf("first answer %q", w.Body)
+	}
+	for i := 0; i < 2; i++ {
+		p := wantProblem(t, do(h, "POST", "/pay", "k", "b"), http.StatusConflict, "response-not-replayable")
+		if p.OriginalStatus != http.StatusOK {
+			t.Fatalf("original_status %d, want 200", p.OriginalStatus)
+		}
+	}
+	if n, _ := idem.ReplayCacheStats(m); n != 0 {
+		t.Fatalf("%d entries for a streamed response, want none", n)
 	}
 }
