@@ -2,6 +2,7 @@ package idem_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -513,4 +514,21 @@ func TestReplayCacheLeavesStreamedResponsesUnreplayable(t *testing.T) {
 	if n, _ := idem.ReplayCacheStats(m); n != 0 {
 		t.Fatalf("%d entries for a streamed response, want none", n)
 	}
+}
+
+// A response the store did not record is not cached either: a retry must
+// not be answered with a response that the store cannot give again.
+func TestReplayCacheKeepsOnlyRecordedResponses(t *testing.T) {
+	st, _ := newCountingStore(t)
+	st.set(func(s *countingStore) { s.completeErr = errors.New("store down") })
+	p := &payments{}
+	m, h := cached(t, st, p, idem.WithReplayCache(1<<20, 100, time.Hour))
+	wantProblem(t, do(h, "POST", "/pay", "k", "b"), http.StatusServiceUnavailable, "response-not-recorded")
+	if n, _ := idem.ReplayCacheStats(m); n != 0 {
+		t.Fatalf("%d entries after a failed Complete, want none", n)
+	}
+	st.set(func(s *countingStore) { s.completeErr = nil })
+	// The key stays locked until its lease ends: the retry learns that,
+	// and is not told of a response that was never recorded.
+	wantProblem(t, do(h, "POST", "/pay", "k", "b"), http.StatusConflict, "key-in-use")
 }
