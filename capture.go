@@ -97,12 +97,10 @@ func reuseHeader(h http.Header) http.Header {
 	return h
 }
 
-// snapshot copies src into dst (allocated when nil), its values into the
-// arena, so that later changes to src's slices do not reach the copy.
+// snapshot copies src into dst, which is empty (free empties the maps it
+// keeps) or nil (then allocated), its values into the arena, so that later
+// changes to src's slices do not reach the copy.
 func (c *capture) snapshot(dst, src http.Header) http.Header {
-	if dst != nil {
-		clear(dst)
-	}
 	if len(src) == 0 {
 		return dst
 	}

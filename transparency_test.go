@@ -278,3 +278,31 @@ func TestConnectionCloseSentNotReplayed(t *testing.T) {
 		}
 	}
 }
+
+// WriteHeader refuses a status outside 100-999 with the panic of net/http,
+// and takes any status within it, 999 included.
+func TestWriteHeaderChecksStatusAsNetHTTP(t *testing.T) {
+	// writeStatus reports what w.WriteHeader(code) panicked with.
+	writeStatus := func(h func(http.Handler) http.Handler, code int) (panicked any, got int) {
+		inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() { panicked = recover() }()
+			w.WriteHeader(code)
+		})
+		w := do(h(inner), "POST", "/", "k", "")
+		return panicked, w.Code
+	}
+	bare := func(h http.Handler) http.Handler { return h }
+	for _, code := range []int{99, 999, 1000} {
+		st := memstore.New()
+		defer st.Close()
+		wantPanic, wantCode := writeStatus(bare, code)
+		gotPanic, gotCode := writeStatus(idem.New(st), code)
+		if gotPanic != wantPanic || gotCode != wantCode {
+			t.Errorf("WriteHeader(%d) behind idem: panic %v, status %d; net/http: panic %v, status %d",
+				code, gotPanic, gotCode, wantPanic, wantCode)
+		}
+	}
+	if p, _ := writeStatus(bare, 1000); p == nil {
+		t.Fatal("net/http took WriteHeader(1000)")
+	}
+}
