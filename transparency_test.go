@@ -306,3 +306,72 @@ func TestWriteHeaderChecksStatusAsNetHTTP(t *testing.T) {
 		t.Fatal("net/http took WriteHeader(1000)")
 	}
 }
+
+// writeLog is outer middleware's ResponseWriter that keeps every write it
+// is handed, as a body logger or a compressing writer sees them.
+type writeLog struct {
+	http.ResponseWriter
+	writes []string
+}
+
+func (l *writeLog) Write(p []byte) (int, error) {
+	l.writes = append(l.writes, string(p))
+	return l.ResponseWriter.Write(p)
+}
+
+// A write beyond the declared Content-Length is refused, and the writer of
+// outer middleware sees it as it does under net/http: after the accepted
+// writes, one that starts with the same byte.
+func TestRefusedWriteSeenByOuterWriterAsUnderNetHTTP(t *testing.T) {
+	writes := func(h http.Handler) []string {
+		var log *writeLog
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			log = &writeLog{ResponseWriter: w}
+			h.ServeHTTP(log, r)
+		}))
+		defer srv.Close()
+		req, _ := http.NewRequest("POST", srv.URL, strings.NewReader("b"))
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return log.writes
+	}
+	for name, write := range map[string]func(w http.ResponseWriter, s string) (int, error){
+		"Write":       func(w http.ResponseWriter, s string) (int, error) { return w.Write([]byte(s)) },
+		"WriteString": func(w http.ResponseWriter, s string) (int, error) { return io.WriteString(w, s) },
+	} {
+		handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "2")
+			write(w, "ab")
+			if _, err := write(w, "c"); !errors.Is(err, http.ErrContentLength) {
+				t.Errorf("%s: a write past Content-Length returned %v, want http.ErrContentLength", name, err)
+			}
+		})
+		st := memstore.New()
+		defer st.Close()
+		want, got := writes(handler), writes(idem.New(st)(handler))
+		if len(got) != len(want) || len(got) != 2 || got[0] != want[0] || got[1][0] != want[1][0] {
+			t.Fatalf("%s: the outer writer saw %q behind idem, %q under net/http", name, got, want)
+		}
+	}
+}
+
+// An empty WriteString is a write of nothing, as under net/http.
+func TestEmptyWriteStringWritesNothing(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	var n int
+	var err error
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err = io.WriteString(w, "")
+		io.WriteString(w, "ok")
+	})
+	w := do(idem.New(st)(h), "POST", "/", "k", "")
+	if n != 0 || err != nil || w.Code != http.StatusOK || w.Body.String() != "ok" {
+		t.Fatalf("WriteString(\"\") = %d, %v; answer %d %q, want 0, nil and 200 \"ok\"", n, err, w.Code, w.Body)
+	}
+}
