@@ -423,3 +423,26 @@ func TestHeaderChangesAfterWriteHeaderLeftAsUnderNetHTTP(t *testing.T) {
 		}
 	}
 }
+
+// A replay of a response without a body makes no write, as the handler
+// made none: outer middleware that wraps the writer (a compressor, say)
+// sees the same calls as for the first answer.
+func TestReplayOfEmptyBodyWritesNothing(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	mw := idem.New(st)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Location", "/payments/1")
+		w.WriteHeader(http.StatusCreated)
+	}))
+	for i, want := range []string{"", "true"} {
+		var log *writeLog
+		outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			log = &writeLog{ResponseWriter: w}
+			mw.ServeHTTP(log, r)
+		})
+		w := do(outer, "POST", "/", "k", "")
+		if w.Code != http.StatusCreated || w.Header().Get("Idempotent-Replayed") != want || len(log.writes) != 0 {
+			t.Fatalf("answer %d: %d, replayed %q, writes %q; want 201 and no write", i, w.Code, w.Header().Get("Idempotent-Replayed"), log.writes)
+		}
+	}
+}
