@@ -257,7 +257,7 @@ func TestScopeIsPartOfStoredKey(t *testing.T) {
 }
 
 // The fingerprint covers method, path, query and body; a
-// different one is a 422.
+// different one is a 422, without Retry-After.
 func TestMismatchOnMethodPathQueryOrBodyIs422(t *testing.T) {
 	st, _ := newCountingStore(t)
 	h := &payments{}
@@ -272,7 +272,12 @@ func TestMismatchOnMethodPathQueryOrBodyIs422(t *testing.T) {
 		{"PATCH", "/payments?x=1", `{"amount":1}`},
 		{"POST", "/payments?x=1", `{"amount":1} `},
 	} {
-		wantProblem(t, do(mw, tc.method, tc.target, "k", tc.body), 422, "key-reused")
+		w := do(mw, tc.method, tc.target, "k", tc.body)
+		wantProblem(t, w, 422, "key-reused")
+		// Retrying with this key never helps: nothing says when to retry.
+		if ra, ok := w.Header()["Retry-After"]; ok {
+			t.Fatalf("a 422 carries Retry-After %q", ra)
+		}
 	}
 	if h.runs.Load() != 1 {
 		t.Fatalf("runs = %d, want 1", h.runs.Load())
