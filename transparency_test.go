@@ -1,9 +1,11 @@
 package idem_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
@@ -444,5 +446,38 @@ func TestReplayOfEmptyBodyWritesNothing(t *testing.T) {
 		if w.Code != http.StatusCreated || w.Header().Get("Idempotent-Replayed") != want || len(log.writes) != 0 {
 			t.Fatalf("answer %d: %d, replayed %q, writes %q; want 201 and no write", i, w.Code, w.Header().Get("Idempotent-Replayed"), log.writes)
 		}
+	}
+}
+
+// refusingHijacker is outer middleware's writer that offers Hijack but
+// cannot hijack, as a writer over HTTP/2 or over a connection already
+// taken.
+type refusingHijacker struct{ http.ResponseWriter }
+
+func (refusingHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return nil, nil, errors.New("cannot hijack")
+}
+
+// When a hijack fails after the handler wrote, what it wrote has been sent
+// and the rest of the response follows it, once, as under net/http.
+func TestFailedHijackKeepsResponseWhole(t *testing.T) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+		io.WriteString(w, "a")
+		if _, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			t.Error("the hijack succeeded")
+		}
+		io.WriteString(w, "b")
+	})
+	answer := func(h http.Handler) *httptest.ResponseRecorder {
+		return do(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			h.ServeHTTP(refusingHijacker{w}, r)
+		}), "POST", "/", "k", "")
+	}
+	st := memstore.New()
+	defer st.Close()
+	want, got := answer(handler), answer(idem.New(st)(handler))
+	if got.Code != want.Code || got.Body.String() != want.Body.String() || got.Body.String() != "ab" {
+		t.Fatalf("behind idem %d %q, under net/http %d %q", got.Code, got.Body, want.Code, want.Body)
 	}
 }
