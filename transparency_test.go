@@ -3,6 +3,7 @@ package idem_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -479,5 +480,46 @@ func TestFailedHijackKeepsResponseWhole(t *testing.T) {
 	want, got := answer(handler), answer(idem.New(st)(handler))
 	if got.Code != want.Code || got.Body.String() != want.Body.String() || got.Body.String() != "ab" {
 		t.Fatalf("behind idem %d %q, under net/http %d %q", got.Code, got.Body, want.Code, want.Body)
+	}
+}
+
+// A response hijacked after its status was written is recorded with that
+// status: a retry learns it was 201 in the response-not-replayable problem.
+func TestHijackAfterWriteHeaderRecordsItsStatus(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	srv := httptest.NewServer(idem.New(st)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusCreated)
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		brw.WriteString("raw bytes after hijack\n")
+		brw.Flush()
+		conn.Close()
+	})))
+	defer srv.Close()
+	post := func() *http.Response {
+		req, _ := http.NewRequest("POST", srv.URL, strings.NewReader("b"))
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	first := post()
+	io.Copy(io.Discard, first.Body) // ends with the hijacked connection
+	first.Body.Close()
+	if first.StatusCode != http.StatusCreated {
+		t.Fatalf("first answer %d, want 201", first.StatusCode)
+	}
+	retry := post()
+	defer retry.Body.Close()
+	var p problemBody
+	if err := json.NewDecoder(retry.Body).Decode(&p); err != nil || retry.StatusCode != http.StatusConflict ||
+		p.Type != idem.ProblemTypeBase+"response-not-replayable" || p.OriginalStatus != http.StatusCreated {
+		t.Fatalf("retry: %d %+v (%v), want 409 response-not-replayable of a 201", retry.StatusCode, p, err)
 	}
 }
