@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/memstore"
@@ -483,43 +484,95 @@ func TestFailedHijackKeepsResponseWhole(t *testing.T) {
 	}
 }
 
-// A response hijacked after its status was written is recorded with that
-// status: a retry learns it was 201 in the response-not-replayable problem.
-func TestHijackAfterWriteHeaderRecordsItsStatus(t *testing.T) {
+// A hijacked response is recorded with the status the handler wrote before
+// it hijacked, or 101 Switching Protocols when it wrote none: a retry
+// learns it in the response-not-replayable problem.
+func TestHijackedResponseRecordsItsStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int // written before the hijack; 0 for none
+		want   int
+	}{{"after WriteHeader", http.StatusCreated, http.StatusCreated}, {"without a status", 0, http.StatusSwitchingProtocols}} {
+		mem := memstore.New()
+		defer mem.Close()
+		st := &completeSignal{Store: mem, done: make(chan struct{}, 1)}
+		srv := httptest.NewServer(idem.New(st)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if tc.status != 0 {
+				w.WriteHeader(tc.status)
+			}
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if tc.status == 0 {
+				brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n")
+			}
+			brw.WriteString("raw")
+			brw.Flush()
+			conn.Close()
+		})))
+		defer srv.Close()
+		post := func() *http.Response {
+			req, _ := http.NewRequest("POST", srv.URL, strings.NewReader("b"))
+			req.Header.Set("Idempotency-Key", "k")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			return resp
+		}
+		first := post()
+		io.Copy(io.Discard, first.Body) // ends with the hijacked connection
+		first.Body.Close()
+		select { // the client has its answer before the middleware records it
+		case <-st.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the response was not recorded", tc.name)
+		}
+		retry := post()
+		var p problemBody
+		err := json.NewDecoder(retry.Body).Decode(&p)
+		retry.Body.Close()
+		if err != nil || retry.StatusCode != http.StatusConflict ||
+			p.Type != idem.ProblemTypeBase+"response-not-replayable" || p.OriginalStatus != tc.want {
+			t.Fatalf("%s: retry %d %+v (%v), want 409 response-not-replayable of a %d", tc.name, retry.StatusCode, p, err, tc.want)
+		}
+	}
+}
+
+// completeSignal sends on done after each Complete.
+type completeSignal struct {
+	idem.Store
+	done chan struct{}
+}
+
+func (s *completeSignal) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
+	err := s.Store.Complete(ctx, key, token, result, ttl)
+	s.done <- struct{}{}
+	return err
+}
+
+// Date set to nil keeps net/http from adding a Date: the replay has none
+// either, as the first answer had none.
+func TestReplayKeepsSuppressedDate(t *testing.T) {
 	st := memstore.New()
 	defer st.Close()
 	srv := httptest.NewServer(idem.New(st)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.WriteHeader(http.StatusCreated)
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		brw.WriteString("raw bytes after hijack\n")
-		brw.Flush()
-		conn.Close()
+		w.Header()["Date"] = nil
+		io.WriteString(w, "ok")
 	})))
 	defer srv.Close()
-	post := func() *http.Response {
+	for i := 0; i < 2; i++ {
 		req, _ := http.NewRequest("POST", srv.URL, strings.NewReader("b"))
 		req.Header.Set("Idempotency-Key", "k")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return resp
-	}
-	first := post()
-	io.Copy(io.Discard, first.Body) // ends with the hijacked connection
-	first.Body.Close()
-	if first.StatusCode != http.StatusCreated {
-		t.Fatalf("first answer %d, want 201", first.StatusCode)
-	}
-	retry := post()
-	defer retry.Body.Close()
-	var p problemBody
-	if err := json.NewDecoder(retry.Body).Decode(&p); err != nil || retry.StatusCode != http.StatusConflict ||
-		p.Type != idem.ProblemTypeBase+"response-not-replayable" || p.OriginalStatus != http.StatusCreated {
-		t.Fatalf("retry: %d %+v (%v), want 409 response-not-replayable of a 201", retry.StatusCode, p, err)
+		resp.Body.Close()
+		if d, ok := resp.Header["Date"]; ok || (i == 1) != (resp.Header.Get("Idempotent-Replayed") == "true") {
+			t.Fatalf("answer %d: Date %q, replayed %q; want no Date, the second a replay", i, d, resp.Header.Get("Idempotent-Replayed"))
+		}
 	}
 }
