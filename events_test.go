@@ -113,3 +113,25 @@ func TestBackgroundReleasesBounded(t *testing.T) {
 		t.Fatalf("%d background releases in flight at once, %d skipped; want a bound", st.entered.Load(), skipped())
 	}
 }
+
+// A streamed response is reported once, when it is recorded, with the
+// status the client got.
+func TestStreamedResponseIsReported(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var ev events
+	mw := idem.New(st, idem.WithHook(ev.hook))(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusAccepted)
+		w.Write([]byte("part"))
+		w.(http.Flusher).Flush()
+		w.Write([]byte("rest"))
+	}))
+	if w := do(mw, "POST", "/", "k", "b"); w.Code != http.StatusAccepted || w.Body.String() != "partrest" {
+		t.Fatalf("answer %d %q", w.Code, w.Body)
+	}
+	if got := ev.outcomes(); len(got) != 1 || got[0] != idem.OutcomeExecuted {
+		t.Fatalf("outcomes %v, want one executed", got)
+	}
+	if e := ev.last(); e.Status != http.StatusAccepted || !e.Stored || e.Err != nil {
+		t.Fatalf("event %+v, want status 202, stored, no error", e)
+	}
+}

@@ -576,3 +576,27 @@ func TestReplayKeepsSuppressedDate(t *testing.T) {
 		}
 	}
 }
+
+// A trailer the handler declares but never sets is not recorded: the
+// replay leaves it out of the header map, as the first answer did.
+func TestDeclaredTrailerNeverSetIsNotReplayed(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	mw := idem.New(st)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Checksum, X-Never")
+		io.WriteString(w, "payload")
+		w.Header().Set("X-Checksum", "sum")
+	}))
+	for i, want := range []string{"", "true"} {
+		var left http.Header
+		outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mw.ServeHTTP(w, r)
+			left = w.Header().Clone()
+		})
+		w := do(outer, "POST", "/", "k", "")
+		_, never := left["X-Never"]
+		if w.Header().Get("Idempotent-Replayed") != want || left.Get("X-Checksum") != "sum" || never {
+			t.Fatalf("answer %d: replayed %q, header map after %v; want X-Checksum and no X-Never", i, w.Header().Get("Idempotent-Replayed"), left)
+		}
+	}
+}
