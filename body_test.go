@@ -117,3 +117,25 @@ func TestBodyReadGrowsToFullLength(t *testing.T) {
 		}
 	}
 }
+
+// A request built by hand may have no Body at all (nil, as http.Request
+// allows for client requests): it is served as one with an empty body.
+func TestRequestWithNilBodyIsServed(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	p := &payments{}
+	mw := idem.New(st)(p)
+	for i, want := range []string{"", "true"} {
+		r := httptest.NewRequest("POST", "/", nil)
+		r.Body = nil
+		r.Header.Set("Idempotency-Key", "k")
+		w := httptest.NewRecorder()
+		mw.ServeHTTP(w, r)
+		if w.Code != http.StatusCreated || w.Header().Get("Idempotent-Replayed") != want {
+			t.Fatalf("answer %d: %d %q, replayed %q", i, w.Code, w.Body, w.Header().Get("Idempotent-Replayed"))
+		}
+	}
+	if p.runs.Load() != 1 {
+		t.Fatalf("handler ran %d times", p.runs.Load())
+	}
+}
