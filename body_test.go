@@ -84,7 +84,8 @@ func TestStalledBodyMemoryFollowsBytesReceived(t *testing.T) {
 }
 
 // A body that arrives in full is handed to the handler byte for byte,
-// whatever its announced length says about how it is read.
+// whatever its announced length says about how it is read: exact, unknown
+// (-1), or 0 with a body, which http.Request also takes as unknown.
 func TestBodyReadGrowsToFullLength(t *testing.T) {
 	st := memstore.New()
 	defer st.Close()
@@ -105,7 +106,7 @@ func TestBodyReadGrowsToFullLength(t *testing.T) {
 				}
 			}
 		})
-		for _, cl := range []int64{int64(n), -1} {
+		for _, cl := range []int64{int64(n), -1, 0} {
 			r := httptest.NewRequest("POST", "/", iotest.HalfReader(bytes.NewReader(body)))
 			r.ContentLength = cl
 			r.Header.Set("Idempotency-Key", "grow-"+strconv.Itoa(n)+"-"+strconv.FormatInt(cl, 10))
