@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/idemgo/idem"
@@ -39,6 +42,25 @@ func TestRejectionSaysWhy(t *testing.T) {
 		}
 		if out := buf.String(); !strings.Contains(out, "problem="+c.problem) || !strings.Contains(out, c.reason) {
 			t.Errorf("key %q: log %q lacks problem=%s and the reason", c.key, out, c.problem)
+		}
+	}
+
+	// The same for a body of unknown length found too large as it is read,
+	// and for a body that cannot be read.
+	for _, c := range []struct {
+		name, problem, reason string
+		body                  io.Reader
+		status                int
+	}{
+		{"unknown length", "body-too-large", "at most 8 bytes", iotest.HalfReader(strings.NewReader("0123456789")), 413},
+		{"unreadable", "body-unreadable", "could not be read", iotest.ErrReader(errors.New("connection reset")), 400},
+	} {
+		r := httptest.NewRequest("POST", "/pay", c.body) // ContentLength -1
+		r.Header.Set("Idempotency-Key", "k-"+c.problem)
+		mw.ServeHTTP(httptest.NewRecorder(), r)
+		ev := evs.last()
+		if ev.Outcome != idem.OutcomeRejected || ev.Status != c.status || ev.Problem != idem.ProblemTypeBase+c.problem || !strings.Contains(ev.Reason, c.reason) {
+			t.Errorf("%s: event %+v, want rejected %d %s with a reason about %q", c.name, ev, c.status, c.problem, c.reason)
 		}
 	}
 
