@@ -303,7 +303,7 @@ func readAll(r io.Reader, size, max int64) ([]byte, error) {
 		}
 		if len(b) == cap(b) {
 			grow := int64(cap(b))
-			if max > 0 && int64(cap(b)) < max {
+			if int64(cap(b)) < max { // never when max is 0
 				grow = min(grow, max-int64(cap(b)))
 			}
 			b = slices.Grow(b, int(grow))
