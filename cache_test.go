@@ -501,7 +501,8 @@ func TestReplayCacheLeavesStreamedResponsesUnreplayable(t *testing.T) {
 		w.(http.Flusher).Flush()
 		w.Write([]byte("rest"))
 	})
-	m, h := cached(t, st, stream, idem.WithReplayCache(1<<20, 100, time.Hour))
+	var ev events
+	m, h := cached(t, st, stream, idem.WithReplayCache(1<<20, 100, time.Hour), idem.WithHook(ev.hook))
 	if w := do(h, "POST", "/pay", "k", "b"); w.Body.String() != "partrest" {
 		t.Fatalf("first answer %q", w.Body)
 	}
@@ -509,6 +510,9 @@ func TestReplayCacheLeavesStreamedResponsesUnreplayable(t *testing.T) {
 		p := wantProblem(t, do(h, "POST", "/pay", "k", "b"), http.StatusConflict, "response-not-replayable")
 		if p.OriginalStatus != http.StatusOK {
 			t.Fatalf("original_status %d, want 200", p.OriginalStatus)
+		}
+		if e := ev.last(); e.Outcome != idem.OutcomeNotReplayable || e.Status != http.StatusConflict {
+			t.Fatalf("retry reported as %v %d, want not_replayable 409", e.Outcome, e.Status)
 		}
 	}
 	if n, _ := idem.ReplayCacheStats(m); n != 0 {
