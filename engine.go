@@ -106,7 +106,7 @@ func (e *engine) claim(ctx context.Context, key, fingerprint string, ev Event) (
 	token = newToken()
 	since = clock.Now(e.clk)
 	rec, err = e.claimOnce(ctx, key, token, fingerprint, ev)
-	if e.cfg.wait <= 0 || err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
+	if e.cfg.wait == 0 || err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
 		return token, rec, since, err
 	}
 	deadline := clock.Now(e.clk).Add(e.cfg.wait)
@@ -269,20 +269,21 @@ func (e *engine) rollback(unit Work) {
 // complete stores result, trying again twice after a store error: the
 // handler has run, so its response is worth a short wait.
 func (e *engine) complete(ctx context.Context, key, token string, result []byte) error {
-	var err error
-	pauses := [...]time.Duration{0, 20 * time.Millisecond, 100 * time.Millisecond}
-	for _, pause := range pauses {
-		if pause > 0 {
-			clock.Sleep(e.clk, context.Background(), pause)
-		}
-		sctx := e.storeCtx(ctx)
-		err = e.store.Complete(sctx, key, token, result, e.cfg.ttl)
-		sctx.cancel()
+	err := e.completeOnce(ctx, key, token, result)
+	for _, pause := range [...]time.Duration{20 * time.Millisecond, 100 * time.Millisecond} {
 		if err == nil || errors.Is(err, ErrLockLost) {
 			return err
 		}
+		clock.Sleep(e.clk, context.Background(), pause)
+		err = e.completeOnce(ctx, key, token, result)
 	}
 	return err
+}
+
+func (e *engine) completeOnce(ctx context.Context, key, token string, result []byte) error {
+	sctx := e.storeCtx(ctx)
+	defer sctx.cancel()
+	return e.store.Complete(sctx, key, token, result, e.cfg.ttl)
 }
 
 func (e *engine) release(ctx context.Context, key, token string) error {
@@ -313,7 +314,9 @@ func (e *engine) releaseInBackground(ctx context.Context, key, token string, ev 
 		e.cfg.report(ev)
 		return
 	}
-	ctx = context.WithoutCancel(ctx)
+	// The store call drops ctx's cancellation (see storeCtx), so the
+	// release goes on after the request has ended.
+	//
 	// A timer of zero runs the release in a goroutine of its own, as go
 	// would, through the engine's clock.
 	clock.AfterFunc(e.clk, 0, func() {
