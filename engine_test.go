@@ -376,3 +376,23 @@ func TestPanicEventWrapsErrorValue(t *testing.T) {
 		t.Fatalf("event %v %v, want panic wrapping http.ErrAbortHandler", e.Outcome, e.Err)
 	}
 }
+
+// After a lost lease, the release of an unkept response is expected to
+// find the key gone (ErrLockLost): that is no incident, and only the
+// request's own outcome is reported.
+func TestReleaseAfterLostLeaseNotAnIncident(t *testing.T) {
+	base, _ := newCountingStore(t)
+	base.set(func(s *countingStore) { s.renewErr = idem.ErrLockLost })
+	st := lockLostReleaseStore{base}
+	var ev events
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // until the lease is lost
+		w.WriteHeader(http.StatusBadGateway)
+	})
+	if w := do(idem.New(st, idem.WithLockTTL(300*time.Millisecond), idem.WithHook(ev.hook))(h), "POST", "/", "k", ""); w.Code != http.StatusBadGateway {
+		t.Fatalf("client got %d, want the handler's 502", w.Code)
+	}
+	if got := ev.outcomes(); len(got) != 1 || got[0] != idem.OutcomeExecuted || st.releases.Load() != 1 {
+		t.Fatalf("outcomes %v after %d releases, want executed alone after one release", got, st.releases.Load())
+	}
+}
