@@ -396,3 +396,137 @@ func TestReleaseAfterLostLeaseNotAnIncident(t *testing.T) {
 		t.Fatalf("outcomes %v after %d releases, want executed alone after one release", got, st.releases.Load())
 	}
 }
+
+// ctxRecorder is a WorkStore over a ledgerStore that keeps the context of
+// every call it gets.
+type ctxRecorder struct {
+	*ledgerStore
+	workStore bool // BeginWork begins a unit; otherwise it is refused
+
+	mu   sync.Mutex
+	ctxs map[string][]context.Context
+}
+
+func (s *ctxRecorder) keep(method string, ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctxs == nil {
+		s.ctxs = map[string][]context.Context{}
+	}
+	s.ctxs[method] = append(s.ctxs[method], ctx)
+}
+
+func (s *ctxRecorder) Claim(ctx context.Context, key, token, fp string, lease time.Duration) (*idem.Record, error) {
+	s.keep("Claim", ctx)
+	return s.ledgerStore.Claim(ctx, key, token, fp, lease)
+}
+
+func (s *ctxRecorder) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
+	s.keep("Complete", ctx)
+	return s.ledgerStore.Complete(ctx, key, token, result, ttl)
+}
+
+func (s *ctxRecorder) Release(ctx context.Context, key, token string) error {
+	s.keep("Release", ctx)
+	return s.ledgerStore.Release(ctx, key, token)
+}
+
+func (s *ctxRecorder) Renew(ctx context.Context, key, token string, lease time.Duration) error {
+	s.keep("Renew", ctx)
+	return s.ledgerStore.Renew(ctx, key, token, lease)
+}
+
+func (s *ctxRecorder) BeginWork(ctx context.Context, key, token string) (idem.Work, error) {
+	s.keep("BeginWork", ctx)
+	u, err := s.ledgerStore.BeginWork(ctx, key, token)
+	if err != nil {
+		return nil, err
+	}
+	return recordedUnit{u, s}, nil
+}
+
+type recordedUnit struct {
+	idem.Work
+	s *ctxRecorder
+}
+
+func (u recordedUnit) Commit(ctx context.Context, result []byte, ttl time.Duration) error {
+	u.s.keep("Commit", ctx)
+	return u.Work.Commit(ctx, result, ttl)
+}
+
+// plainStore hides the WorkStore of a ctxRecorder.
+type plainStore struct{ idem.Store }
+
+// The context of each store call ends (Canceled) once the call has
+// returned, as a context of a call does: a store that ties something to
+// it (a socket deadline, a watcher) is not left with a live one. The
+// contexts of the unit of work's calls end too.
+func TestStoreCallContextsEndWithTheirCalls(t *testing.T) {
+	rec := &ctxRecorder{ledgerStore: newLedgerStore(t)}
+	// A kept response (Claim, Complete) and an unkept one (Release), with
+	// a renewal while each runs.
+	renewed := func(w http.ResponseWriter, r *http.Request, status int) {
+		waitFor(t, "a renewal", func() bool {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			return len(rec.ctxs["Renew"]) > 0
+		})
+		w.WriteHeader(status)
+	}
+	mw := idem.New(plainStore{rec}, idem.WithLockTTL(300*time.Millisecond))
+	do(mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { renewed(w, r, 201) })), "POST", "/", "kept", "")
+	do(mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) })), "POST", "/", "unkept", "")
+	// A unit of work begun and committed.
+	do(idem.New(rec)(ledgerHandler(http.StatusCreated)), "POST", "/pay", "unit", `{}`)
+	// A failed claim, released in the background.
+	failing := idem.New(lostReplyStore{&countingStore{Store: plainStore{rec}}})(&payments{})
+	wantProblem(t, do(failing, "POST", "/", "lost-reply", ""), 503, "store-unavailable")
+	waitFor(t, "the background release", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.ctxs["Release"]) >= 2
+	})
+
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, m := range []string{"Claim", "Complete", "Release", "Renew", "BeginWork", "Commit"} {
+		if len(rec.ctxs[m]) == 0 {
+			t.Errorf("no %s call seen", m)
+		}
+	}
+	for m, ctxs := range rec.ctxs {
+		for i, ctx := range ctxs {
+			if m == "Release" && i == 1 {
+				// The background release may still be returning.
+				waitFor(t, "the background release's context to end", func() bool { return ctx.Err() != nil })
+			}
+			if !errors.Is(ctx.Err(), context.Canceled) {
+				t.Errorf("context of %s call %d: Err = %v after the call, want Canceled", m, i, ctx.Err())
+			}
+		}
+	}
+}
+
+// renewLostLedger is a ledgerStore whose renewals find the key taken.
+type renewLostLedger struct{ *ledgerStore }
+
+func (s renewLostLedger) Renew(context.Context, string, string, time.Duration) error {
+	return idem.ErrLockLost
+}
+
+// A unit of work whose lease was lost while its handler ran is rolled
+// back, even for a response that was to be kept: nothing of it is kept,
+// since the key may be another owner's by now.
+func TestWorkStoreRollsBackWhenLeaseLost(t *testing.T) {
+	s := newLedgerStore(t)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ledgerHandler(http.StatusCreated).ServeHTTP(w, r)
+		<-r.Context().Done() // until the lease is lost
+	})
+	wantProblem(t, do(idem.New(renewLostLedger{s}, idem.WithLockTTL(300*time.Millisecond))(h), "POST", "/pay", "k1", `{}`),
+		http.StatusServiceUnavailable, "response-not-recorded")
+	if rows, begins, rollbacks := s.state(); len(rows) != 0 || begins != 1 || rollbacks != 1 {
+		t.Fatalf("rows %q, %d units begun, %d rolled back; want no row and the unit rolled back", rows, begins, rollbacks)
+	}
+}

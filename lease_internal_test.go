@@ -390,3 +390,33 @@ func mustBeDone(t *testing.T, c context.Context, what string) {
 		t.Fatalf("%s: not closed", what)
 	}
 }
+
+// However the work ends (a result, a panic), its lease stops with it: no
+// renewal stays armed for a key that is completed or released.
+func TestExecuteStopsLeaseWhenWorkEnds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		work workFunc
+	}{
+		{"result", func(context.Context) ([]byte, bool) { return []byte("r"), true }},
+		{"not kept", func(context.Context) ([]byte, bool) { return nil, false }},
+		{"panic", func(context.Context) ([]byte, bool) { panic("boom") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := newVclock()
+			st := &renewScript{clk: clk}
+			cfg, err := build([]Option{WithLockTTL(300 * time.Millisecond)}, forRunner)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := newEngine(st, cfg, newBackgroundSlots())
+			func() {
+				defer func() { recover() }()
+				e.execute(context.Background(), "k", "tok", clk.Now(), new(lease), Event{Key: "k"}, tc.work)
+			}()
+			if clk.fireNext() {
+				t.Fatalf("a renewal was still armed after the work ended (%d renewals made)", len(st.calls))
+			}
+		})
+	}
+}
