@@ -371,6 +371,9 @@ func TestClockCallCtx(t *testing.T) {
 	c = newStoreCall(parent, clk, time.Second)
 	clk.Sleep(context.Background(), time.Second)
 	mustBeDone(t, c, "Done asked at the deadline")
+	if !errors.Is(c.Err(), context.DeadlineExceeded) {
+		t.Fatalf("Err after a Done asked at the deadline = %v", c.Err())
+	}
 	c = newStoreCall(parent, clk, time.Second)
 	c.Done()
 	c.cancel()
