@@ -96,11 +96,20 @@ type renewScript struct {
 	calls   []time.Time
 	bounds  []time.Duration // the time each call's context had left
 	ctxs    []context.Context
+	claims  []time.Time                  // when each Claim was made
+	claim   func(n int) (*Record, error) // answers the nth Claim; nil wins
 }
 
 func (s *renewScript) Clock() clock.Clock { return s.clk }
 
 func (s *renewScript) Claim(context.Context, string, string, string, time.Duration) (*Record, error) {
+	s.claims = append(s.claims, s.clk.Now())
+	if len(s.claims) > 100 {
+		return nil, errors.New("a hundred claims: polling without pause")
+	}
+	if s.claim != nil {
+		return s.claim(len(s.claims))
+	}
 	return nil, nil
 }
 
@@ -419,6 +428,63 @@ func TestExecuteStopsLeaseWhenWorkEnds(t *testing.T) {
 			}()
 			if clk.fireNext() {
 				t.Fatalf("a renewal was still armed after the work ended (%d renewals made)", len(st.calls))
+			}
+		})
+	}
+}
+
+// A duplicate under WithWait polls on virtual time after pauses of 10ms,
+// doubling up to 250ms, each cut to the lease the record has left and to
+// the end of the wait; it stops at the end of the wait with the record it
+// last met, or takes the key over, with its lease counted from the
+// winning claim.
+func TestWaitScheduleOnVirtualTime(t *testing.T) {
+	ms := func(d float64) time.Duration { return time.Duration(d * float64(time.Millisecond)) }
+	running := &Record{State: StateInProgress, Fingerprint: "fp", Token: "other", LeaseLeft: time.Hour}
+	for _, tc := range []struct {
+		name  string
+		wait  time.Duration
+		claim func(n int) (*Record, error)
+		want  []time.Duration // when each claim was made
+		won   bool
+	}{
+		{"wait ends", time.Second, func(int) (*Record, error) { return running, nil },
+			[]time.Duration{0, ms(10), ms(30), ms(70), ms(150), ms(310), ms(560), ms(810), ms(1000)}, false},
+		{"short wait", ms(25), func(int) (*Record, error) { return running, nil },
+			[]time.Duration{0, ms(10), ms(25)}, false},
+		{"short lease", time.Second, func(n int) (*Record, error) {
+			if n == 4 {
+				return nil, nil // the lease ended: the key is the caller's
+			}
+			r := *running
+			r.LeaseLeft = ms(15)
+			return &r, nil
+		}, []time.Duration{0, ms(10), ms(25), ms(40)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := newVclock()
+			st := &renewScript{clk: clk, claim: tc.claim}
+			cfg, err := build([]Option{WithWait(tc.wait)}, forRunner)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := newEngine(st, cfg, newBackgroundSlots())
+			t0 := clk.Now()
+			_, rec, since, err := e.claim(context.Background(), "k", "fp", Event{})
+			if err != nil || (rec == nil) != tc.won {
+				t.Fatalf("claim = %v, %v; want the key won: %v", rec, err, tc.won)
+			}
+			got := offsets(st.claims, t0)
+			if len(got) != len(tc.want) {
+				t.Fatalf("claims at %v, want at %v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("claims at %v, want at %v", got, tc.want)
+				}
+			}
+			if last := st.claims[len(st.claims)-1]; tc.won && !since.Equal(last) {
+				t.Fatalf("the lease counts from %v, want from the winning claim at %v", since.Sub(t0), last.Sub(t0))
 			}
 		})
 	}
