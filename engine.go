@@ -106,9 +106,11 @@ func (e *engine) claim(ctx context.Context, key, fingerprint string, ev Event) (
 	token = newToken()
 	since = clock.Now(e.clk)
 	rec, err = e.claimOnce(ctx, key, token, fingerprint, ev)
-	if e.cfg.wait == 0 || err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
+	if err != nil || rec == nil || rec.State != StateInProgress || rec.Fingerprint != fingerprint {
 		return token, rec, since, err
 	}
+	// Without WithWait the deadline is now, and the loop returns rec at
+	// once.
 	deadline := clock.Now(e.clk).Add(e.cfg.wait)
 	interval := 10 * time.Millisecond
 	for {
