@@ -202,9 +202,8 @@ func (c *config) report(ev Event) {
 	if ev.Reason != "" {
 		attrs = append(attrs, slog.String("reason", ev.Reason))
 	}
-	if ev.Duration > 0 {
-		attrs = append(attrs, slog.Duration("duration", ev.Duration))
-	}
+	// Every event has its start, hence a duration.
+	attrs = append(attrs, slog.Duration("duration", ev.Duration))
 	if ev.HandlerDuration > 0 {
 		attrs = append(attrs, slog.Duration("handler", ev.HandlerDuration))
 	}
