@@ -460,6 +460,18 @@ func TestWaitScheduleOnVirtualTime(t *testing.T) {
 			r.LeaseLeft = ms(15)
 			return &r, nil
 		}, []time.Duration{0, ms(10), ms(25), ms(40)}, true},
+		{"key reused meanwhile", time.Second, func(n int) (*Record, error) {
+			if n == 2 {
+				return &Record{State: StateInProgress, Fingerprint: "another", Token: "third", LeaseLeft: time.Hour}, nil
+			}
+			return running, nil
+		}, []time.Duration{0, ms(10)}, false},
+		{"completed meanwhile", time.Second, func(n int) (*Record, error) {
+			if n == 3 {
+				return &Record{State: StateCompleted, Fingerprint: "fp", ExpiresIn: time.Hour, Result: []byte("r")}, nil
+			}
+			return running, nil
+		}, []time.Duration{0, ms(10), ms(30)}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := newVclock()
