@@ -530,3 +530,29 @@ func TestWorkStoreRollsBackWhenLeaseLost(t *testing.T) {
 		t.Fatalf("rows %q, %d units begun, %d rolled back; want no row and the unit rolled back", rows, begins, rollbacks)
 	}
 }
+
+// The context given to Do's work ends when Do returns, as a request's
+// context ends when its handler returns: whatever the work left watching
+// it stops, and nothing stays registered with the caller's context.
+func TestDoWorkContextEndsWhenDoReturns(t *testing.T) {
+	st, _ := newCountingStore(t)
+	parent, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, fail := range []bool{false, true} {
+		var workCtx context.Context
+		key := "job-ok"
+		if fail {
+			key = "job-fail"
+		}
+		idem.Do(parent, st, key, "fp", func(ctx context.Context) ([]byte, error) {
+			workCtx = ctx
+			if fail {
+				return nil, errors.New("declined")
+			}
+			return []byte("ok"), nil
+		})
+		if workCtx.Err() == nil {
+			t.Fatalf("work (failing %v): its context is still live after Do returned", fail)
+		}
+	}
+}
