@@ -5,8 +5,10 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/idemgo/idem"
@@ -127,5 +129,45 @@ func TestJobKeyVisibleASCIIBounds(t *testing.T) {
 		if _, err := idem.Do(context.Background(), st, key, "fp", work); err == nil {
 			t.Errorf("key %q accepted, want ErrInvalidKey", key)
 		}
+	}
+}
+
+// ctxHandler is a slog.Handler that keeps, for each record, the value a
+// context carries under traceKey, as a handler that adds trace IDs does.
+type ctxHandler struct {
+	mu     *sync.Mutex
+	traces *[]any
+}
+
+type traceKey struct{}
+
+func (h ctxHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h ctxHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	*h.traces = append(*h.traces, ctx.Value(traceKey{}))
+	return nil
+}
+func (h ctxHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h ctxHandler) WithGroup(string) slog.Handler      { return h }
+
+// A request's outcome is logged with the request's context, so that a
+// log handler can add what it carries (a trace ID, a tenant).
+func TestLogCarriesRequestContext(t *testing.T) {
+	st, _ := newCountingStore(t)
+	var (
+		mu     sync.Mutex
+		traces []any
+	)
+	logger := slog.New(ctxHandler{&mu, &traces})
+	mw := idem.New(st, idem.WithLogger(logger))(&payments{})
+	r := httptest.NewRequest("POST", "/pay", strings.NewReader("a"))
+	r.Header.Set("Idempotency-Key", "k1")
+	r = r.WithContext(context.WithValue(r.Context(), traceKey{}, "trace-7"))
+	mw.ServeHTTP(httptest.NewRecorder(), r)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(traces) != 1 || traces[0] != "trace-7" {
+		t.Fatalf("log records carried %v from their context, want the request's trace-7", traces)
 	}
 }
