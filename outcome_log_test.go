@@ -171,3 +171,31 @@ func TestLogCarriesRequestContext(t *testing.T) {
 		t.Fatalf("log records carried %v from their context, want the request's trace-7", traces)
 	}
 }
+
+// Incidents beside a request's outcome (a failed release, a failed
+// renewal) are logged at Warn: the key stays locked, or may be lost, but
+// the request itself was answered.
+func TestIncidentsLoggedAtWarn(t *testing.T) {
+	base, _ := newCountingStore(t)
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(&lockedWriter{mu: &mu, w: &buf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	do(idem.New(failingReleaseStore{base}, idem.WithLogger(logger))(&payments{status: 503}), "POST", "/", "k1", "")
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	if !strings.Contains(out, "level=WARN msg=idempotency outcome=release_failed key=k1") {
+		t.Fatalf("log lacks the failed release at WARN:\n%s", out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
