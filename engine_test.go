@@ -401,7 +401,6 @@ func TestReleaseAfterLostLeaseNotAnIncident(t *testing.T) {
 // every call it gets.
 type ctxRecorder struct {
 	*ledgerStore
-	workStore bool // BeginWork begins a unit; otherwise it is refused
 
 	mu   sync.Mutex
 	ctxs map[string][]context.Context

@@ -276,8 +276,8 @@ func TestLeaseRenewalAfterStopOrLossDoesNothing(t *testing.T) {
 	if clk.fireNext() {
 		t.Fatal("a renewal was still armed after stop")
 	}
-	if err := l.renewOnce(); err != nil || len(st.calls) != 0 {
-		t.Fatalf("renewal after stop: %v, %d store calls; want nothing", err, len(st.calls))
+	if err := l.renewOnce(); err != nil || len(st.calls) != 0 || len(*evs) != 0 {
+		t.Fatalf("renewal after stop: %v, %d store calls, events %v; want nothing", err, len(st.calls), *evs)
 	}
 
 	st = &renewScript{clk: clk, answers: []error{ErrLockLost}}
