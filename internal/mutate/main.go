@@ -47,6 +47,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -147,6 +148,14 @@ func mainErr(c config) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	// Stopped with ^C or kill, leave no copy of the repository behind.
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-stop
+		os.RemoveAll(tmp)
+		os.Exit(130)
+	}()
 	// One copy of the repository for each worker: a mutant is planted in
 	// its worker's copy only.
 	copies := make([]string, c.jobs)
