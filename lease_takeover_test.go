@@ -80,7 +80,12 @@ func TestTransientRenewErrorKeepsLease(t *testing.T) {
 	t.Cleanup(func() { mem.Close() })
 	st := newBlipStore(mem, 1)
 
-	const lockTTL = 90 * time.Millisecond // a renewal every 30ms of real time
+	// A renewal every 300ms of real time. The owner's own deadline (nine
+	// tenths of the TTL after its last success) runs on real time: it must
+	// not pass on a busy machine between the blip and the next renewal.
+	// The schedule itself is pinned on virtual time by
+	// TestLeaseScheduleOnVirtualTime.
+	const lockTTL = 900 * time.Millisecond
 	release := make(chan struct{})
 	started := make(chan struct{}, 2)
 	var runs atomic.Int64
@@ -129,7 +134,7 @@ func TestDoTransientRenewErrorKeepsLease(t *testing.T) {
 	mem := memstore.New(memstore.WithClock(clock.Now), memstore.WithSweepInterval(0))
 	t.Cleanup(func() { mem.Close() })
 	st := newBlipStore(mem, 2)
-	const lockTTL = 60 * time.Millisecond
+	const lockTTL = 600 * time.Millisecond // real time: see TestTransientRenewErrorKeepsLease
 	var runs atomic.Int64
 	fn := func(ctx context.Context) ([]byte, error) {
 		runs.Add(1)
