@@ -20,6 +20,7 @@ type faultConnector struct {
 	driver.Connector
 	mu    sync.Mutex
 	hook  func(query string) error
+	row   func(dest []driver.Value) // rewrites each row read, if set
 	stmts atomic.Int64
 }
 
@@ -55,6 +56,14 @@ func (b backend) connector(t testing.TB, dsn string) driver.Connector {
 func (c *faultConnector) inject(hook func(query string) error) {
 	c.mu.Lock()
 	c.hook = hook
+	c.mu.Unlock()
+}
+
+// rewrite sets the function (nil: none) that rewrites every row read from
+// now on, as a driver would hand it to database/sql.
+func (c *faultConnector) rewrite(row func(dest []driver.Value)) {
+	c.mu.Lock()
+	c.row = row
 	c.mu.Unlock()
 }
 
@@ -157,8 +166,33 @@ func (s *faultStmt) QueryContext(ctx context.Context, args []driver.NamedValue) 
 	if err := s.c.before(s.query); err != nil {
 		return nil, err
 	}
-	if q, ok := s.Stmt.(driver.StmtQueryContext); ok {
-		return q.QueryContext(ctx, args)
+	q, ok := s.Stmt.(driver.StmtQueryContext)
+	if !ok {
+		return nil, errors.New("faultStmt: the driver's statement lacks QueryContext")
 	}
-	return nil, errors.New("faultStmt: the driver's statement lacks QueryContext")
+	rows, err := q.QueryContext(ctx, args)
+	if err != nil {
+		return nil, err
+	}
+	s.c.mu.Lock()
+	row := s.c.row
+	s.c.mu.Unlock()
+	if row == nil {
+		return rows, nil
+	}
+	return rewrittenRows{Rows: rows, row: row}, nil
+}
+
+// rewrittenRows hands each row to row before database/sql scans it.
+type rewrittenRows struct {
+	driver.Rows
+	row func(dest []driver.Value)
+}
+
+func (r rewrittenRows) Next(dest []driver.Value) error {
+	if err := r.Rows.Next(dest); err != nil {
+		return err
+	}
+	r.row(dest)
+	return nil
 }
