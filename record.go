@@ -63,6 +63,10 @@ const (
 
 const flagBodyOmitted = 1 << 0
 
+// minRecordLen is the length of the shortest record: version, flags, a
+// one-byte status (100 to 127), an empty header section and an empty body.
+const minRecordLen = 5
+
 // EncodeResponse returns the compact binary encoding of resp. The encoding
 // starts with a format version byte, keeps every header value and the body
 // byte for byte, and orders header names so that equal responses encode to
@@ -153,7 +157,7 @@ func appendBytes[T string | []byte](dst []byte, s T) []byte {
 // DecodeResponse decodes data written by EncodeResponse, of any format
 // version this release knows. The returned Body shares memory with data.
 func DecodeResponse(data []byte) (*Response, error) {
-	if len(data) < 2 || (data[0] != recordVersion1 && data[0] != recordVersion2) || data[1]&^flagBodyOmitted != 0 {
+	if len(data) < minRecordLen || (data[0] != recordVersion1 && data[0] != recordVersion2) || data[1]&^flagBodyOmitted != 0 {
 		return nil, ErrCorruptRecord
 	}
 	resp := &Response{BodyOmitted: data[1]&flagBodyOmitted != 0}
@@ -192,8 +196,8 @@ func DecodeResponse(data []byte) (*Response, error) {
 
 // header reads a header section: nil when it is empty.
 func (d *decoder) header() http.Header {
-	n := d.count()
-	if n == 0 || !d.ok {
+	n := d.count() // 0 after a failure
+	if n == 0 {
 		return nil
 	}
 	h := make(http.Header, n)
@@ -203,7 +207,7 @@ func (d *decoder) header() http.Header {
 		if i > 0 && name <= prev {
 			// Names are written sorted and unique; anything else was not
 			// written by EncodeResponse.
-			d.ok, d.buf = false, nil
+			d.ok = false
 			return nil
 		}
 		prev = name
@@ -217,18 +221,24 @@ func (d *decoder) header() http.Header {
 	return h
 }
 
+// decoder reads the sections of a record from buf. ok turns false at the
+// first read that finds data EncodeResponse does not write, and stays
+// false: from then on counts are 0, bytes are nil, and the caller refuses
+// the record whatever the later reads return.
 type decoder struct {
 	buf []byte
 	ok  bool
 }
 
 func (d *decoder) uvarint() uint64 {
+	if !d.ok {
+		return 0
+	}
 	v, n := binary.Uvarint(d.buf)
 	// A varint with a trailing zero byte is not in its shortest form:
 	// EncodeResponse never writes one, so the data was not written by it.
 	if n <= 0 || (n > 1 && d.buf[n-1] == 0) {
 		d.ok = false
-		d.buf = nil
 		return 0
 	}
 	d.buf = d.buf[n:]
@@ -241,7 +251,6 @@ func (d *decoder) count() int {
 	v := d.uvarint()
 	if v > uint64(len(d.buf)) {
 		d.ok = false
-		d.buf = nil
 		return 0
 	}
 	return int(v)

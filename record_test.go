@@ -21,6 +21,7 @@ func TestResponseRoundTrip(t *testing.T) {
 		{Status: 204, Header: http.Header{}},
 		{Status: 200, Header: http.Header{"Vary": {"Accept"}}, BodyOmitted: true},
 		{Status: 999, Body: []byte{}},
+		{Status: 200, Header: http.Header{"": {"empty name"}, "A": {"b"}}},
 	} {
 		enc := idem.EncodeResponse(resp)
 		got, err := idem.DecodeResponse(enc)
@@ -85,6 +86,15 @@ func TestDecodeCorrupt(t *testing.T) {
 		"trailing bytes": append(append([]byte{}, good...), 0),
 		"status 0":       {1, 0, 0, 0, 0},
 		"huge count":     {1, 0, 0xc8, 0x01, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		// A decoder that went on reading after the fault in the three
+		// records below would find a status 200 response with no headers
+		// and an empty body.
+		"no body length":        {1, 0, 0xc8, 0x01, 0},
+		"count beyond the data": {1, 0, 0xc8, 0x01, 5, 0},
+		"header names unsorted": {1, 0, 0xc8, 0x01, 2, 1, 'B', 0, 1, 'A', 0},
+		// Removed names are written sorted and once each.
+		"removed names unsorted": {2, 0, 0xc8, 0x01, 0, 0, 0, 2, 1, 'B', 1, 'A', 0},
+		"removed name twice":     {2, 0, 0xc8, 0x01, 0, 0, 0, 2, 1, 'A', 1, 'A', 0},
 	}
 	for name, data := range cases {
 		if _, err := idem.DecodeResponse(data); !errors.Is(err, idem.ErrCorruptRecord) {
