@@ -225,11 +225,7 @@ func build(opts []Option, u use) (*config, error) {
 // ceilSeconds rounds d up to whole seconds, at least 1: the form of
 // Retry-After.
 func ceilSeconds(d time.Duration) int {
-	s := int((d + time.Second - 1) / time.Second)
-	if s < 1 {
-		return 1
-	}
-	return s
+	return max(1, int((d+time.Second-1)/time.Second))
 }
 
 // WithTTL sets how long a completed response is kept and replayed

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/idemgo/idem"
 )
@@ -32,6 +33,48 @@ func TestWithMethodsRefusesWhatNeverMatches(t *testing.T) {
 	}
 	if _, err := idem.NewMiddleware(st, idem.WithMethods("PUT", "DELETE", "M-SEARCH")); err != nil {
 		t.Fatalf("upper-case method tokens refused: %v", err)
+	}
+}
+
+// Each bound an option is checked against is inclusive: a lock TTL of
+// exactly 10ms, a retention TTL equal to the lock TTL and a store timeout
+// of exactly a third of the lock TTL are accepted; a step past any of them
+// is refused.
+func TestOptionsAcceptTheirBounds(t *testing.T) {
+	st, _ := newCountingStore(t)
+	for name, opts := range map[string][]idem.Option{
+		"lock TTL 10ms":             {idem.WithLockTTL(10 * time.Millisecond)},
+		"TTL equal to the lock TTL": {idem.WithTTL(time.Minute), idem.WithLockTTL(time.Minute)},
+		"store timeout a third":     {idem.WithLockTTL(3 * time.Second), idem.WithStoreTimeout(time.Second)},
+	} {
+		if _, err := idem.NewMiddleware(st, opts...); err != nil {
+			t.Errorf("%s refused: %v", name, err)
+		}
+	}
+	for name, opts := range map[string][]idem.Option{
+		"lock TTL under 10ms":             {idem.WithLockTTL(10*time.Millisecond - 1)},
+		"TTL under the lock TTL":          {idem.WithTTL(time.Minute - 1), idem.WithLockTTL(time.Minute)},
+		"store timeout more than a third": {idem.WithLockTTL(3 * time.Second), idem.WithStoreTimeout(time.Second + 1)},
+		"empty body limit":                {idem.WithMaxBodySize(0)},
+		"method with a quote":             {idem.WithMethods(`"POST"`)},
+		"header with a DEL":               {idem.WithHeader("Idempotency-Key\x7f")},
+		"header with a separator":         {idem.WithHeader("Idempotency:Key")},
+	} {
+		if _, err := idem.NewMiddleware(st, opts...); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+}
+
+// An invalid setting is named once in the error, not again by the checks
+// that compare it with other settings.
+func TestInvalidOptionNamedOnce(t *testing.T) {
+	st, _ := newCountingStore(t)
+	for _, o := range []idem.Option{idem.WithTTL(0), idem.WithTTL(-time.Hour)} {
+		_, err := idem.NewMiddleware(st, o)
+		if err == nil || strings.Count(err.Error(), "\n") != 0 || !strings.Contains(err.Error(), "WithTTL") {
+			t.Errorf("NewMiddleware: %q, want one error naming WithTTL", err)
+		}
 	}
 }
 
