@@ -176,7 +176,6 @@ func canonicalizeJSON(body []byte, drop []string) ([]byte, bool) {
 		}
 	}
 	var out bytes.Buffer
-	out.Grow(len(body))
 	writeCanonical(&out, v)
 	return out.Bytes(), true
 }
