@@ -158,9 +158,6 @@ func canonicalizeJSON(body []byte, drop []string) ([]byte, bool) {
 	if !utf8.Valid(body) {
 		return nil, false // decoding would replace invalid bytes, merging bodies
 	}
-	if hasLoneSurrogate(body) {
-		return nil, false
-	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	v, err := decodeStrict(dec)
@@ -169,6 +166,9 @@ func canonicalizeJSON(body []byte, drop []string) ([]byte, bool) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, false // anything after the value, valid or not
+	}
+	if hasLoneSurrogate(body) {
+		return nil, false
 	}
 	if obj, ok := v.(map[string]any); ok {
 		for _, m := range drop {
@@ -222,61 +222,43 @@ func decodeStrict(dec *json.Decoder) (any, error) {
 	return tok, nil
 }
 
-// hasLoneSurrogate reports whether a \u escape in body names a UTF-16
-// surrogate that is not half of a high-low pair. In valid JSON a backslash
-// occurs only inside strings, so scanning escapes is enough.
+// hasLoneSurrogate reports whether a \u escape in body, which is valid
+// JSON, names a UTF-16 surrogate that is not half of a high-low pair. In
+// valid JSON a backslash occurs only inside strings and starts an escape,
+// a \u escape has four hex digits, and a closing quote follows it: so
+// scanning escapes is enough, and every index below is in range.
 func hasLoneSurrogate(body []byte) bool {
-	for i := bytes.IndexByte(body, '\\'); i >= 0 && i+1 < len(body); {
-		if body[i+1] != 'u' {
-			i += 2 // \", \\, \n ...: the escaped byte is not a backslash
-		} else {
-			r, ok := escapedUnit(body, i)
-			if !ok {
-				return false // not valid JSON: fingerprinted byte for byte anyway
-			}
-			switch {
-			case r >= 0xDC00 && r <= 0xDFFF:
-				return true // low half first
-			case r >= 0xD800 && r <= 0xDBFF:
-				low, ok := escapedUnit(body, i+6)
-				if !ok || low < 0xDC00 || low > 0xDFFF {
-					return true
-				}
-				i += 12
-			default:
-				i += 6
-			}
-		}
-		j := bytes.IndexByte(body[min(i, len(body)):], '\\')
+	for i := 0; ; {
+		j := bytes.IndexByte(body[i:], '\\')
 		if j < 0 {
 			return false
 		}
 		i += j
+		next := 2 // past \", \\, \n ... or the \u of an escape
+		if body[i+1] == 'u' {
+			switch r := escapedUnit(body, i); {
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return true // low half first
+			case r >= 0xD800 && r <= 0xDBFF:
+				if body[i+6] != '\\' || body[i+7] != 'u' {
+					return true
+				}
+				if low := escapedUnit(body, i+6); low < 0xDC00 || low > 0xDFFF {
+					return true
+				}
+				next = 8 // past the low half's \u too
+			}
+		}
+		i += next
 	}
-	return false
 }
 
-// escapedUnit reads the \uXXXX escape at body[i:].
-func escapedUnit(body []byte, i int) (rune, bool) {
-	if i+6 > len(body) || body[i] != '\\' || body[i+1] != 'u' {
-		return 0, false
-	}
-	var r rune
-	for _, c := range body[i+2 : i+6] {
-		var d byte
-		switch {
-		case c >= '0' && c <= '9':
-			d = c - '0'
-		case c >= 'a' && c <= 'f':
-			d = c - 'a' + 10
-		case c >= 'A' && c <= 'F':
-			d = c - 'A' + 10
-		default:
-			return 0, false
-		}
-		r = r<<4 | rune(d)
-	}
-	return r, true
+// escapedUnit returns the code unit of the \uXXXX escape at body[i:], in
+// valid JSON.
+func escapedUnit(body []byte, i int) rune {
+	var u [2]byte
+	hex.Decode(u[:], body[i+2:i+6]) // four hex digits: it cannot fail
+	return rune(u[0])<<8 | rune(u[1])
 }
 
 func writeCanonical(out *bytes.Buffer, v any) {

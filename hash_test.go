@@ -88,6 +88,15 @@ func TestCanonicalJSONKeepsDistinctBodiesApart(t *testing.T) {
 		{`{"s":"\udc00x"}`, `{"s":"\ufffdx"}`},
 		{`{"s":"\ud800\u0041"}`, `{"s":"\ufffdA"}`},
 		{`["\ud800","\udbff"]`, `["\ufffd","\ufffd"]`},
+		// Each end of the two halves' ranges, at an odd offset, after
+		// other escapes, and a high half followed by something other than
+		// a \u escape.
+		{`["\udbff"]`, `["\ufffd"]`},
+		{` ["\udc00"]`, ` ["\ufffd"]`},
+		{`["\udfff"]`, `["\ufffd"]`},
+		{`["\n\udc00"]`, `["\n\ufffd"]`},
+		{`["\ud800xudc00"]`, `["\ufffdxudc00"]`},
+		{`["\ud800\"dc00"]`, `["\ufffd\"dc00"]`},
 	} {
 		if f(r, []byte(pair[0])) == f(r, []byte(pair[1])) {
 			t.Errorf("%s and %s share a fingerprint", pair[0], pair[1])
@@ -96,12 +105,15 @@ func TestCanonicalJSONKeepsDistinctBodiesApart(t *testing.T) {
 			t.Errorf("%s is not fingerprinted byte for byte", pair[0])
 		}
 	}
-	// A valid surrogate pair and an escaped backslash before "ud800" are
-	// still canonical.
+	// Valid surrogate pairs (the lowest and the highest too), the code
+	// units on either side of the surrogates, and an escaped backslash
+	// before "ud800" are still canonical.
 	for _, pair := range [][2]string{
 		{`{"s":"\ud83d\ude00"}`, `{"s":"😀"}`},
 		{`{"s":"\\ud800", "t":1}`, `{"t":1,"s":"\\ud800"}`},
 		{`{"a":{"x":1},"b":{"x":2}}`, `{"b":{"x":2},"a":{"x":1}}`},
+		{`["\ud800\udc00", "\udbff\udfff"]`, `["` + "\U00010000" + `","` + "\U0010FFFF" + `"]`},
+		{`["\ud7ff", "\ue000"]`, `["` + "\uD7FF" + `","` + "\uE000" + `"]`},
 	} {
 		if f(r, []byte(pair[0])) != f(r, []byte(pair[1])) {
 			t.Errorf("%s and %s differ", pair[0], pair[1])
