@@ -2,6 +2,7 @@ package idem
 
 import (
 	"encoding/binary"
+	"math/bits"
 	"net/http"
 	"slices"
 )
@@ -70,24 +71,29 @@ const minRecordLen = 5
 // EncodeResponse returns the compact binary encoding of resp. The encoding
 // starts with a format version byte, keeps every header value and the body
 // byte for byte, and orders header names so that equal responses encode to
-// equal bytes.
+// equal bytes. The returned slice has no spare capacity: a store that keeps
+// it (memstore does, for the whole retention) holds no memory beyond the
+// record.
 func EncodeResponse(resp *Response) []byte {
-	return appendResponse(nil, resp)
-}
-
-// appendResponse appends the encoding of resp to dst and returns the
-// extended slice.
-func appendResponse(dst []byte, resp *Response) []byte {
-	version := byte(recordVersion1)
-	size := 16 + len(resp.Body) + headerSize(resp.Header)
-	if len(resp.Added) > 0 || len(resp.Removed) > 0 || len(resp.Trailer) > 0 {
-		version = recordVersion2
-		size += headerSize(resp.Added) + headerSize(resp.Trailer)
-		for _, k := range resp.Removed {
-			size += len(k) + binary.MaxVarintLen16
+	removed := resp.Removed
+	for i := 1; i < len(removed); i++ {
+		if removed[i-1] >= removed[i] { // not sorted and unique: sort a copy
+			removed = slices.Clone(removed)
+			slices.Sort(removed)
+			removed = slices.Compact(removed)
+			break
 		}
 	}
-	dst = slices.Grow(dst, size)
+	version := byte(recordVersion1)
+	size := 2 + uvarintLen(uint64(resp.Status)) + headerLen(resp.Header) + bytesLen(len(resp.Body))
+	if len(resp.Added) > 0 || len(removed) > 0 || len(resp.Trailer) > 0 {
+		version = recordVersion2
+		size += headerLen(resp.Added) + uvarintLen(uint64(len(removed))) + headerLen(resp.Trailer)
+		for _, k := range removed {
+			size += bytesLen(len(k))
+		}
+	}
+	dst := make([]byte, 0, size)
 
 	var flags byte
 	if resp.BodyOmitted {
@@ -101,15 +107,6 @@ func appendResponse(dst []byte, resp *Response) []byte {
 		return dst
 	}
 	dst = appendHeader(dst, resp.Added)
-	removed := resp.Removed
-	for i := 1; i < len(removed); i++ {
-		if removed[i-1] >= removed[i] { // not sorted and unique: sort a copy
-			removed = slices.Clone(removed)
-			slices.Sort(removed)
-			removed = slices.Compact(removed)
-			break
-		}
-	}
 	dst = binary.AppendUvarint(dst, uint64(len(removed)))
 	for _, k := range removed {
 		dst = appendBytes(dst, k)
@@ -117,12 +114,25 @@ func appendResponse(dst []byte, resp *Response) []byte {
 	return appendHeader(dst, resp.Trailer)
 }
 
-func headerSize(h http.Header) int {
-	size := binary.MaxVarintLen16
+// uvarintLen returns the length of the uvarint encoding of x: one byte for
+// every 7 bits, at least one.
+func uvarintLen(x uint64) int {
+	return (bits.Len64(x|1) + 6) / 7
+}
+
+// bytesLen returns the length of the encoding of n bytes: their length,
+// then the bytes.
+func bytesLen(n int) int {
+	return uvarintLen(uint64(n)) + n
+}
+
+// headerLen returns the length of the encoding of h (see appendHeader).
+func headerLen(h http.Header) int {
+	size := uvarintLen(uint64(len(h)))
 	for k, vv := range h {
-		size += len(k) + 2*binary.MaxVarintLen16
+		size += bytesLen(len(k)) + uvarintLen(uint64(len(vv)))
 		for _, v := range vv {
-			size += len(v) + binary.MaxVarintLen16
+			size += bytesLen(len(v))
 		}
 	}
 	return size
@@ -172,9 +182,6 @@ func DecodeResponse(data []byte) (*Response, error) {
 	if data[0] == recordVersion2 {
 		resp.Added = d.header()
 		n := d.count()
-		if n > 0 {
-			resp.Removed = make([]string, 0, n)
-		}
 		for i := 0; i < n && d.ok; i++ {
 			name := string(d.bytes())
 			if i > 0 && name <= resp.Removed[i-1] {

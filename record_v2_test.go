@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/idemgo/idem"
@@ -61,5 +64,46 @@ func TestRecordFormat2KeepsAddedRemovedAndTrailers(t *testing.T) {
 	padded = append(padded, 0, 0, 0)
 	if _, err := idem.DecodeResponse(padded); !errors.Is(err, idem.ErrCorruptRecord) {
 		t.Fatalf("format 2 with empty extra sections: %v, want ErrCorruptRecord", err)
+	}
+}
+
+// EncodeResponse returns a slice with no spare capacity, whatever the
+// sections hold (lengths and counts of one, two and three varint bytes),
+// so that a store that keeps it holds no memory beyond the record.
+// Removed names given out of order or twice are written sorted, once.
+func TestEncodedResponseHasNoSpareCapacity(t *testing.T) {
+	many := http.Header{}
+	for i := 0; i < 130; i++ {
+		many[fmt.Sprintf("X-%03d", i)] = []string{"v"}
+	}
+	values := make([]string, 130)
+	long := strings.Repeat("n", 130)
+	for _, resp := range []*idem.Response{
+		{Status: 100},
+		{Status: 201, Header: http.Header{"Set-Cookie": {"a=1", "b=2"}, "X-Empty": {""}, "Date": nil, long: {strings.Repeat("v", 200)}}, Body: bytes.Repeat([]byte("b"), 20000)},
+		{Status: 200, Header: many, Body: []byte("x")},
+		{Status: 200, Header: http.Header{"X-Values": values}, BodyOmitted: true},
+		{Status: 999, Removed: []string{"X-B", "X-A", "X-B"}},
+		{Status: 999, Removed: []string{"X-A", "X-B", "X-B"}},
+		{Status: 200, Header: http.Header{"Vary": {"A"}}, Added: http.Header{"Vary": {"B"}, long: {long}}, Removed: []string{long}, Trailer: http.Header{"X-Sum": {"1", "2"}}, Body: []byte("x")},
+		{Status: 200, Trailer: many},
+	} {
+		enc := idem.EncodeResponse(resp)
+		if cap(enc) != len(enc) {
+			t.Errorf("status %d: %d spare bytes after a record of %d", resp.Status, cap(enc)-len(enc), len(enc))
+		}
+		got, err := idem.DecodeResponse(enc)
+		if err != nil {
+			t.Fatalf("status %d: %v", resp.Status, err)
+		}
+		var removed []string
+		if len(resp.Removed) > 0 {
+			removed = slices.Clone(resp.Removed)
+			slices.Sort(removed)
+			removed = slices.Compact(removed)
+		}
+		if !reflect.DeepEqual(got.Removed, removed) || len(got.Added) != len(resp.Added) || len(got.Trailer) != len(resp.Trailer) {
+			t.Errorf("status %d: decoded %+v, want removed %q", resp.Status, got, removed)
+		}
 	}
 }
