@@ -17,6 +17,8 @@ func TestParseKey(t *testing.T) {
 		{[]string{`"a\"b"`}, `a"b`, nil},
 		{[]string{`"a\\b"`}, `a\b`, nil},
 		{[]string{`"\\"`}, `\`, nil},
+		{[]string{"!~"}, "!~", nil}, // the ends of visible ASCII
+		{[]string{`"!~"`}, "!~", nil},
 		{[]string{"abc", `"abc"`}, "abc", nil},
 		{nil, "", errKeyMissing},
 		{[]string{""}, "", errKeyEmpty},
