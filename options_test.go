@@ -78,9 +78,9 @@ func TestInvalidOptionNamedOnce(t *testing.T) {
 	}
 }
 
-// Problems name the header the middleware was configured with, never the
-// default one; a key refused for its length states the limit; the 422
-// detail says that the query counts.
+// Problems name the header the middleware was configured with, in its
+// canonical form, never the default one; a key refused for its length
+// states the limit; the 422 detail says that the query counts.
 func TestProblemsNameConfiguredHeader(t *testing.T) {
 	st, _ := newCountingStore(t)
 	release := make(chan struct{})
@@ -124,6 +124,12 @@ func TestProblemsNameConfiguredHeader(t *testing.T) {
 	send("/", "d3", "") // 503
 	st.set(func(s *countingStore) { s.claimErr, s.completeErr = nil, errors.New("down") })
 	send("/", "d4", "") // 503 response-not-recorded
+
+	// A header configured in lower case is named as it goes on the wire.
+	lower := idem.New(st, idem.WithHeader("x-delivery-id"), idem.WithRequiredKey())(h)
+	if p := decodeProblem(t, serve(lower, newRequest("POST", "/", ""))); !strings.Contains(p.Detail, "X-Delivery-Id") {
+		t.Errorf("key-missing detail %q does not name X-Delivery-Id", p.Detail)
+	}
 
 	// The default header's length problem states its limit too.
 	w := do(idem.New(st)(h), "POST", "/", strings.Repeat("k", 256), "")
