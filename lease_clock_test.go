@@ -144,3 +144,61 @@ func TestOwnerGivesUpAtNineTenthsOfTheLease(t *testing.T) {
 	}
 	<-done
 }
+
+// renewTimesStore records the engine clock's time of every Renew.
+type renewTimesStore struct {
+	idem.Store
+	clk *virtualClock
+
+	mu sync.Mutex
+	at []time.Time
+}
+
+func (s *renewTimesStore) Clock() clock.Clock { return s.clk }
+
+func (s *renewTimesStore) Renew(ctx context.Context, key, token string, lease time.Duration) error {
+	s.mu.Lock()
+	s.at = append(s.at, s.clk.Now())
+	s.mu.Unlock()
+	return s.Store.Renew(ctx, key, token, lease)
+}
+
+func (s *renewTimesStore) times() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.at...)
+}
+
+// While its handler runs, an owner renews its lease every third of the
+// lock TTL, counted from the claim and then from each renewal: never
+// sooner, which would only load the store.
+func TestOwnerRenewsEveryThirdOfTheLease(t *testing.T) {
+	clk := newVirtualClock()
+	mem := memstore.New(memstore.WithClock(clk.Now), memstore.WithSweepInterval(0))
+	t.Cleanup(func() { mem.Close() })
+	st := &renewTimesStore{Store: mem, clk: clk}
+
+	const lockTTL = time.Minute
+	claimed := clk.Now()
+	started, release := make(chan struct{}), make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+		w.WriteHeader(http.StatusCreated)
+	})
+	mw := idem.New(st, idem.WithLockTTL(lockTTL))(h)
+	done := make(chan struct{})
+	go func() { do(mw, "POST", "/", "k", "x"); close(done) }()
+	<-started
+	for i := 1; i <= 3; i++ {
+		clk.Advance(lockTTL / 3)
+		waitFor(t, "a renewal", func() bool { return len(st.times()) >= i })
+	}
+	close(release)
+	<-done
+	for i, at := range st.times()[:3] {
+		if want := claimed.Add(time.Duration(i+1) * lockTTL / 3); !at.Equal(want) {
+			t.Errorf("renewal %d at %v after the claim, want %v", i+1, at.Sub(claimed), want.Sub(claimed))
+		}
+	}
+}
