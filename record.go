@@ -75,15 +75,7 @@ const minRecordLen = 5
 // it (memstore does, for the whole retention) holds no memory beyond the
 // record.
 func EncodeResponse(resp *Response) []byte {
-	removed := resp.Removed
-	for i := 1; i < len(removed); i++ {
-		if removed[i-1] >= removed[i] { // not sorted and unique: sort a copy
-			removed = slices.Clone(removed)
-			slices.Sort(removed)
-			removed = slices.Compact(removed)
-			break
-		}
-	}
+	removed := sortedUnique(resp.Removed)
 	version := byte(recordVersion1)
 	size := 2 + uvarintLen(uint64(resp.Status)) + headerLen(resp.Header) + bytesLen(len(resp.Body))
 	if len(resp.Added) > 0 || len(removed) > 0 || len(resp.Trailer) > 0 {
@@ -112,6 +104,19 @@ func EncodeResponse(resp *Response) []byte {
 		dst = appendBytes(dst, k)
 	}
 	return appendHeader(dst, resp.Trailer)
+}
+
+// sortedUnique returns names sorted, each once: names itself if it already
+// is, else a sorted copy.
+func sortedUnique(names []string) []string {
+	for i := 1; i < len(names); i++ {
+		if names[i-1] >= names[i] {
+			names = slices.Clone(names)
+			slices.Sort(names)
+			return slices.Compact(names)
+		}
+	}
+	return names
 }
 
 // uvarintLen returns the length of the uvarint encoding of x: one byte for
