@@ -109,10 +109,10 @@ func parseSFString(v string) (string, error) {
 				return b.String(), nil
 			}
 			return v[1:i], nil
-		case c == ' ':
-			return "", errKeyChars
-		case c < 0x20 || c > 0x7e:
+		case c < 0x20 || c > 0x7e: // not in an sf-string
 			return "", errKeyMalformed
+		case c == ' ': // in an sf-string, not in a key
+			return "", errKeyChars
 		default:
 			if escaped {
 				b.WriteByte(c)
