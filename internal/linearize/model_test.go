@@ -120,7 +120,7 @@ func viewOf(r *idem.Record) recordView {
 // state is the model's view of one key. It is comparable with ==.
 type state struct {
 	kind   idem.State // 0 when absent
-	token  string     // in progress
+	token  string     // the owner's, in progress and once completed
 	fp     string
 	result string // completed
 	// The record expires at some instant of [expMin, expMax].
@@ -196,11 +196,16 @@ func apply(b state, in input) (state, outKind) {
 		lo, hi := lease(in.dur)
 		return state{kind: idem.StateInProgress, token: in.token, fp: in.fp, expMin: lo, expMax: hi}, outOK
 	case opComplete:
+		if b.kind == idem.StateCompleted && b.token == in.token && b.result == in.result {
+			// The same Complete again, sent by a client that lost the
+			// reply to the first: the contract lets a store answer it.
+			return b, outOK
+		}
 		if !b.owned(in.token) {
 			return b, outLost
 		}
 		lo, hi := lease(in.dur)
-		return state{kind: idem.StateCompleted, fp: b.fp, result: in.result, expMin: lo, expMax: hi}, outOK
+		return state{kind: idem.StateCompleted, token: b.token, fp: b.fp, result: in.result, expMin: lo, expMax: hi}, outOK
 	case opRelease:
 		if !b.owned(in.token) {
 			return b, outLost
