@@ -307,7 +307,7 @@ func TestFailedCommitReleaseReporting(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &failingReleaseLedger{ledgerStore: newLedgerStore(t), releaseErr: tc.releaseErr}
-			s.commitErr = tc.commitErr
+			s.FailCommit(tc.commitErr)
 			var ev events
 			do(idem.New(s, idem.WithHook(ev.hook))(ledgerHandler(http.StatusCreated)), "POST", "/pay", "k1", `{}`)
 			got := ev.outcomes()
@@ -525,7 +525,7 @@ func TestWorkStoreRollsBackWhenLeaseLost(t *testing.T) {
 	})
 	wantProblem(t, do(idem.New(renewLostLedger{s}, idem.WithLockTTL(300*time.Millisecond))(h), "POST", "/pay", "k1", `{}`),
 		http.StatusServiceUnavailable, "response-not-recorded")
-	if rows, begins, rollbacks := s.state(); len(rows) != 0 || begins != 1 || rollbacks != 1 {
+	if rows, begins, rollbacks := ledgerState(s); len(rows) != 0 || begins != 1 || rollbacks != 1 {
 		t.Fatalf("rows %q, %d units begun, %d rolled back; want no row and the unit rolled back", rows, begins, rollbacks)
 	}
 }

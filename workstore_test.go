@@ -4,97 +4,39 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/internal/worktest"
 	"github.com/idemgo/idem/memstore"
 )
 
-// ledgerStore is a WorkStore over a memstore whose units of work stage
-// rows of a ledger: the rows of a unit reach the ledger only when the unit
-// commits, together with the completed record.
-type ledgerStore struct {
-	*memstore.Store
-	mu        sync.Mutex
-	rows      []string // committed
-	begins    int
-	rollbacks int
-	beginErr  error
-	commitErr error // returned by Commit after the record was not touched
-}
-
-type ledgerUnit struct {
-	s          *ledgerStore
-	key, token string
-	staged     []string
-	ended      bool
-}
-
-type unitKey struct{}
-
-func (s *ledgerStore) BeginWork(ctx context.Context, key, token string) (idem.Work, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.beginErr != nil {
-		return nil, s.beginErr
-	}
-	s.begins++
-	return &ledgerUnit{s: s, key: key, token: token}, nil
-}
-
-func (u *ledgerUnit) Context(ctx context.Context) context.Context {
-	return context.WithValue(ctx, unitKey{}, u)
-}
-
-func (u *ledgerUnit) Commit(ctx context.Context, result []byte, ttl time.Duration) error {
-	u.s.mu.Lock()
-	defer u.s.mu.Unlock()
-	if u.s.commitErr != nil {
-		return u.s.commitErr
-	}
-	if err := u.s.Store.Complete(ctx, u.key, u.token, result, ttl); err != nil {
-		return err
-	}
-	u.s.rows = append(u.s.rows, u.staged...)
-	u.ended = true
-	return nil
-}
-
-func (u *ledgerUnit) Rollback() error {
-	u.s.mu.Lock()
-	defer u.s.mu.Unlock()
-	if !u.ended {
-		u.ended = true
-		u.s.rollbacks++
-	}
-	return nil
-}
-
-func (s *ledgerStore) state() (rows []string, begins, rollbacks int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.rows...), s.begins, s.rollbacks
-}
+// ledgerStore is the shared fake transactional store, an Inspector too
+// like the memstore that keeps its records.
+type ledgerStore = worktest.Inspecting
 
 func newLedgerStore(t *testing.T) *ledgerStore {
 	ms := memstore.New()
 	t.Cleanup(func() { ms.Close() })
-	return &ledgerStore{Store: ms}
+	return &ledgerStore{Store: worktest.New(ms), Inspector: ms}
+}
+
+// ledgerState returns the rows s has committed, and how many units it
+// began and rolled back.
+func ledgerState(s *ledgerStore) (rows []string, begins, rollbacks int) {
+	c := s.Counts()
+	return c.Rows, c.Begins, c.Rollbacks
 }
 
 // ledgerHandler stages one row in the request's unit of work and answers
 // status; it fails the request if there is no unit.
 func ledgerHandler(status int) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, ok := r.Context().Value(unitKey{}).(*ledgerUnit)
-		if !ok {
+		key, _ := idem.KeyFromContext(r.Context())
+		if !worktest.Stage(r.Context(), "payment "+key) {
 			http.Error(w, "no unit of work", http.StatusTeapot)
 			return
 		}
-		key, _ := idem.KeyFromContext(r.Context())
-		u.staged = append(u.staged, "payment "+key)
 		w.WriteHeader(status)
 		w.Write([]byte("paid " + key))
 	})
@@ -111,7 +53,7 @@ func TestWorkStoreCommitsKeptResponseWithTheWork(t *testing.T) {
 			t.Fatalf("request %d: %d %q, want 201 paid k1", i, w.Code, w.Body)
 		}
 	}
-	rows, begins, rollbacks := s.state()
+	rows, begins, rollbacks := ledgerState(s)
 	if len(rows) != 1 || begins != 1 || rollbacks != 0 {
 		t.Fatalf("rows %q, %d units begun, %d rolled back; want one row from one committed unit", rows, begins, rollbacks)
 	}
@@ -126,7 +68,7 @@ func TestWorkStoreRollsBackAnErrorStatus(t *testing.T) {
 			t.Fatalf("request %d: %d, want the handler's 500 each time", i, w.Code)
 		}
 	}
-	rows, begins, rollbacks := s.state()
+	rows, begins, rollbacks := ledgerState(s)
 	if len(rows) != 0 || begins != 2 || rollbacks != 2 {
 		t.Fatalf("rows %q, %d units begun, %d rolled back; want no row, two units rolled back", rows, begins, rollbacks)
 	}
@@ -138,21 +80,19 @@ func TestWorkStoreFailedCommitIsNotRecordedAndRetrySafe(t *testing.T) {
 	s := newLedgerStore(t)
 	var ev events
 	h := idem.New(s, idem.WithHook(ev.hook))(ledgerHandler(http.StatusCreated))
-	s.commitErr = errors.New("connection reset during COMMIT")
+	s.FailCommit(errors.New("connection reset during COMMIT"))
 	wantProblem(t, do(h, "POST", "/pay", "k1", `{}`), http.StatusServiceUnavailable, "response-not-recorded")
 	if got := ev.last(); got.Outcome != idem.OutcomeStoreError || got.Stored {
 		t.Fatalf("event %v stored=%v, want store-error, not stored", got.Outcome, got.Stored)
 	}
-	if rows, _, rollbacks := s.state(); len(rows) != 0 || rollbacks != 1 {
+	if rows, _, rollbacks := ledgerState(s); len(rows) != 0 || rollbacks != 1 {
 		t.Fatalf("rows %q, %d rolled back; want no row, the unit rolled back", rows, rollbacks)
 	}
-	s.mu.Lock()
-	s.commitErr = nil
-	s.mu.Unlock()
+	s.FailCommit(nil)
 	if w := do(h, "POST", "/pay", "k1", `{}`); w.Code != http.StatusCreated {
 		t.Fatalf("retry: %d %s, want 201 at once (the key was released)", w.Code, w.Body)
 	}
-	if rows, begins, _ := s.state(); len(rows) != 1 || begins != 2 {
+	if rows, begins, _ := ledgerState(s); len(rows) != 1 || begins != 2 {
 		t.Fatalf("rows %q after %d units, want one row", rows, begins)
 	}
 }
@@ -163,14 +103,12 @@ func TestWorkStoreBeginFailureRunsNothing(t *testing.T) {
 	s := newLedgerStore(t)
 	var p payments
 	h := idem.New(s)(&p)
-	s.beginErr = errors.New("too many connections")
+	s.FailBeginWork(errors.New("too many connections"))
 	wantProblem(t, do(h, "POST", "/pay", "k1", `{}`), http.StatusServiceUnavailable, "store-unavailable")
 	if n := p.runs.Load(); n != 0 {
 		t.Fatalf("the handler ran %d times, want 0", n)
 	}
-	s.mu.Lock()
-	s.beginErr = nil
-	s.mu.Unlock()
+	s.FailBeginWork(nil)
 	if w := do(h, "POST", "/pay", "k1", `{}`); w.Code != http.StatusCreated {
 		t.Fatalf("retry: %d %s, want 201 at once (the key was released)", w.Code, w.Body)
 	}
@@ -188,7 +126,7 @@ func TestWorkStoreRollsBackOnPanic(t *testing.T) {
 		}()
 		do(h, "POST", "/pay", "k1", `{}`)
 	}()
-	if _, begins, rollbacks := s.state(); begins != 1 || rollbacks != 1 {
+	if _, begins, rollbacks := ledgerState(s); begins != 1 || rollbacks != 1 {
 		t.Fatalf("%d units begun, %d rolled back; want the one rolled back", begins, rollbacks)
 	}
 }
@@ -202,11 +140,9 @@ func TestWorkStoreRunner(t *testing.T) {
 	}
 	work := func(fail bool) func(ctx context.Context) ([]byte, error) {
 		return func(ctx context.Context) ([]byte, error) {
-			u, ok := ctx.Value(unitKey{}).(*ledgerUnit)
-			if !ok {
+			if !worktest.Stage(ctx, "job") {
 				return nil, errors.New("no unit of work")
 			}
-			u.staged = append(u.staged, "job")
 			if fail {
 				return nil, errors.New("failed")
 			}
@@ -221,7 +157,7 @@ func TestWorkStoreRunner(t *testing.T) {
 			t.Fatalf("call %d: %q %v", i, res, err)
 		}
 	}
-	if rows, begins, rollbacks := s.state(); len(rows) != 1 || begins != 2 || rollbacks != 1 {
+	if rows, begins, rollbacks := ledgerState(s); len(rows) != 1 || begins != 2 || rollbacks != 1 {
 		t.Fatalf("rows %q, %d begun, %d rolled back; want one row, one unit rolled back", rows, begins, rollbacks)
 	}
 }

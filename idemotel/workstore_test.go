@@ -4,9 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -15,102 +13,9 @@ import (
 
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/idemotel"
+	"github.com/idemgo/idem/internal/worktest"
 	"github.com/idemgo/idem/memstore"
 )
-
-// unitStore is a WorkStore over a memstore (which keeps the records) whose
-// units of work stage rows of a ledger: a unit's rows reach the ledger
-// only when the unit commits, together with the completed record. It
-// embeds the memstore as an idem.Store, so it is not an Inspector.
-type unitStore struct {
-	idem.Store
-	mu        sync.Mutex
-	rows      []string // committed
-	completes int      // calls of Store.Complete
-	commits   int      // Work.Commits that returned nil
-	rollbacks int      // units rolled back before being committed
-	beginErr  error
-	commitErr error // returned by Commit without touching the record
-}
-
-type unitKey struct{}
-
-type unit struct {
-	s          *unitStore
-	key, token string
-	staged     []string
-	ended      bool
-}
-
-func (s *unitStore) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
-	s.mu.Lock()
-	s.completes++
-	s.mu.Unlock()
-	return s.Store.Complete(ctx, key, token, result, ttl)
-}
-
-func (s *unitStore) BeginWork(ctx context.Context, key, token string) (idem.Work, error) {
-	if s.beginErr != nil {
-		return nil, s.beginErr
-	}
-	return &unit{s: s, key: key, token: token}, nil
-}
-
-func (u *unit) Context(ctx context.Context) context.Context {
-	return context.WithValue(ctx, unitKey{}, u)
-}
-
-func (u *unit) Commit(ctx context.Context, result []byte, ttl time.Duration) error {
-	u.s.mu.Lock()
-	defer u.s.mu.Unlock()
-	if u.s.commitErr != nil {
-		return u.s.commitErr
-	}
-	// The record, fenced by the token, straight from the memstore: not
-	// through Store.Complete, which counts the middleware's own calls.
-	if err := u.s.Store.Complete(ctx, u.key, u.token, result, ttl); err != nil {
-		return err
-	}
-	u.s.rows = append(u.s.rows, u.staged...)
-	u.s.commits++
-	u.ended = true
-	return nil
-}
-
-func (u *unit) Rollback() error {
-	u.s.mu.Lock()
-	defer u.s.mu.Unlock()
-	if !u.ended {
-		u.ended = true
-		u.s.rollbacks++
-	}
-	return nil
-}
-
-// stage adds row to the unit of work that ctx carries, and reports
-// whether ctx carries one.
-func stage(ctx context.Context, row string) bool {
-	u, ok := ctx.Value(unitKey{}).(*unit)
-	if !ok {
-		return false
-	}
-	u.s.mu.Lock()
-	defer u.s.mu.Unlock()
-	u.staged = append(u.staged, row)
-	return true
-}
-
-func (s *unitStore) counts() (rows []string, completes, commits, rollbacks int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.rows...), s.completes, s.commits, s.rollbacks
-}
-
-// inspectingUnitStore is a WorkStore that is an Inspector too.
-type inspectingUnitStore struct {
-	*unitStore
-	idem.Inspector
-}
 
 // storeCalls returns the number of store calls recorded in
 // idem.store.duration, by "operation result".
@@ -164,8 +69,8 @@ func TestWrapperKeepsExactlyTheStoresOptionalInterfaces(t *testing.T) {
 	}{
 		{"neither", failingStore{}, false, false},
 		{"Inspector", mem, true, false},
-		{"WorkStore", &unitStore{Store: mem}, false, true},
-		{"both", inspectingUnitStore{&unitStore{Store: mem}, mem}, true, true},
+		{"WorkStore", worktest.New(mem), false, true},
+		{"both", worktest.Inspecting{Store: worktest.New(mem), Inspector: mem}, true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// The fakes are what they claim to be.
@@ -192,9 +97,9 @@ func TestWrapperKeepsExactlyTheStoresOptionalInterfaces(t *testing.T) {
 func TestWrappedWorkStoreCommitsTheHandlersUnit(t *testing.T) {
 	mem := memstore.New()
 	defer mem.Close()
-	us := &unitStore{Store: mem}
-	r := setup(t, inspectingUnitStore{us, mem}, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if !stage(req.Context(), "pay-"+req.Header.Get("Idempotency-Key")) {
+	us := worktest.New(mem)
+	r := setup(t, worktest.Inspecting{Store: us, Inspector: mem}, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if !worktest.Stage(req.Context(), "pay-"+req.Header.Get("Idempotency-Key")) {
 			http.Error(w, "no unit of work in the handler's context", http.StatusTeapot)
 			return
 		}
@@ -206,7 +111,8 @@ func TestWrappedWorkStoreCommitsTheHandlersUnit(t *testing.T) {
 	if s := r.post(t, "k1", "a"); s != http.StatusCreated {
 		t.Fatalf("replay status %d, want 201", s)
 	}
-	rows, completes, commits, rollbacks := us.counts()
+	got := us.Counts()
+	rows, completes, commits, rollbacks := got.Rows, got.Completes, got.Commits, got.Rollbacks
 	if len(rows) != 1 || rows[0] != "pay-k1" {
 		t.Fatalf("ledger %q, want the one row the handler staged", rows)
 	}
@@ -276,7 +182,9 @@ func TestKeysInFlightAfterWorkEnds(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			mem := memstore.New()
 			defer mem.Close()
-			us := &unitStore{Store: mem, commitErr: c.commitErr, beginErr: c.beginErr}
+			us := worktest.New(mem)
+			us.FailCommit(c.commitErr)
+			us.FailBeginWork(c.beginErr)
 			started, release := make(chan struct{}, 1), make(chan struct{})
 			r := setup(t, us, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 				started <- struct{}{}
@@ -336,7 +244,8 @@ func TestKeysInFlightAfterWorkEnds(t *testing.T) {
 			if n := storeCalls(t, r.reader)["rollback ok"]; n != uint64(c.rollbacks) {
 				t.Errorf("%d rollbacks recorded, want %d", n, c.rollbacks)
 			}
-			_, completes, commits, rollbacks := us.counts()
+			got := us.Counts()
+			completes, commits, rollbacks := got.Completes, got.Commits, got.Rollbacks
 			if commits != c.commits || rollbacks != c.rollbacks || completes != 0 {
 				t.Errorf("commits %d, rollbacks %d, Store.Completes %d; want %d, %d, 0", commits, rollbacks, completes, c.commits, c.rollbacks)
 			}

@@ -12,102 +12,9 @@ import (
 
 	"github.com/idemgo/idem"
 	"github.com/idemgo/idem/idemprom"
+	"github.com/idemgo/idem/internal/worktest"
 	"github.com/idemgo/idem/memstore"
 )
-
-// unitStore is a WorkStore over a memstore (which keeps the records) whose
-// units of work stage rows of a ledger: a unit's rows reach the ledger
-// only when the unit commits, together with the completed record. It
-// embeds the memstore as an idem.Store, so it is not an Inspector.
-type unitStore struct {
-	idem.Store
-	mu        sync.Mutex
-	rows      []string // committed
-	completes int      // calls of Store.Complete
-	commits   int      // Work.Commits that returned nil
-	rollbacks int      // units rolled back before being committed
-	beginErr  error
-	commitErr error // returned by Commit without touching the record
-}
-
-type unitKey struct{}
-
-type unit struct {
-	s          *unitStore
-	key, token string
-	staged     []string
-	ended      bool
-}
-
-func (s *unitStore) Complete(ctx context.Context, key, token string, result []byte, ttl time.Duration) error {
-	s.mu.Lock()
-	s.completes++
-	s.mu.Unlock()
-	return s.Store.Complete(ctx, key, token, result, ttl)
-}
-
-func (s *unitStore) BeginWork(ctx context.Context, key, token string) (idem.Work, error) {
-	if s.beginErr != nil {
-		return nil, s.beginErr
-	}
-	return &unit{s: s, key: key, token: token}, nil
-}
-
-func (u *unit) Context(ctx context.Context) context.Context {
-	return context.WithValue(ctx, unitKey{}, u)
-}
-
-func (u *unit) Commit(ctx context.Context, result []byte, ttl time.Duration) error {
-	u.s.mu.Lock()
-	defer u.s.mu.Unlock()
-	if u.s.commitErr != nil {
-		return u.s.commitErr
-	}
-	// The record, fenced by the token, straight from the memstore: not
-	// through Store.Complete, which counts the middleware's own calls.
-	if err := u.s.Store.Complete(ctx, u.key, u.token, result, ttl); err != nil {
-		return err
-	}
-	u.s.rows = append(u.s.rows, u.staged...)
-	u.s.commits++
-	u.ended = true
-	return nil
-}
-
-func (u *unit) Rollback() error {
-	u.s.mu.Lock()
-	defer u.s.mu.Unlock()
-	if !u.ended {
-		u.ended = true
-		u.s.rollbacks++
-	}
-	return nil
-}
-
-// stage adds row to the unit of work that ctx carries, and reports
-// whether ctx carries one.
-func stage(ctx context.Context, row string) bool {
-	u, ok := ctx.Value(unitKey{}).(*unit)
-	if !ok {
-		return false
-	}
-	u.s.mu.Lock()
-	defer u.s.mu.Unlock()
-	u.staged = append(u.staged, row)
-	return true
-}
-
-func (s *unitStore) counts() (rows []string, completes, commits, rollbacks int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.rows...), s.completes, s.commits, s.rollbacks
-}
-
-// inspectingUnitStore is a WorkStore that is an Inspector too.
-type inspectingUnitStore struct {
-	*unitStore
-	idem.Inspector
-}
 
 // The wrapper implements the optional interfaces of the store it wraps,
 // no more and no fewer: a wrapped transactional store stays transactional.
@@ -125,8 +32,8 @@ func TestWrapperKeepsExactlyTheStoresOptionalInterfaces(t *testing.T) {
 	}{
 		{"neither", failingStore{}, false, false},
 		{"Inspector", mem, true, false},
-		{"WorkStore", &unitStore{Store: mem}, false, true},
-		{"both", inspectingUnitStore{&unitStore{Store: mem}, mem}, true, true},
+		{"WorkStore", worktest.New(mem), false, true},
+		{"both", worktest.Inspecting{Store: worktest.New(mem), Inspector: mem}, true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			// The fakes are what they claim to be.
@@ -156,8 +63,8 @@ func TestBeginWorkAndCommitAreTimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	us := &unitStore{Store: mem}
-	ws := m.Store(inspectingUnitStore{us, mem}).(idem.WorkStore)
+	us := worktest.New(mem)
+	ws := m.Store(worktest.Inspecting{Store: us, Inspector: mem}).(idem.WorkStore)
 	ctx := context.Background()
 	count := func(op, res string) uint64 {
 		t.Helper()
@@ -172,13 +79,13 @@ func TestBeginWorkAndCommitAreTimed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !stage(w.Context(ctx), "row-a") {
+	if !worktest.Stage(w.Context(ctx), "row-a") {
 		t.Fatal("the wrapped Work's context does not carry the store's unit")
 	}
 	if err := w.Commit(ctx, []byte("done"), time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	if rows, _, _, _ := us.counts(); len(rows) != 1 || rows[0] != "row-a" {
+	if rows := us.Counts().Rows; len(rows) != 1 || rows[0] != "row-a" {
 		t.Fatalf("ledger %q after the commit, want [row-a]", rows)
 	}
 	if n := count("begin_work", "ok"); n != 1 {
@@ -213,18 +120,15 @@ func TestBeginWorkAndCommitAreTimed(t *testing.T) {
 	}
 
 	// A unit that cannot begin, and a commit that fails: error.
-	us.mu.Lock()
-	us.beginErr = errDown
-	us.mu.Unlock()
+	us.FailBeginWork(errDown)
 	if _, err := ws.BeginWork(ctx, "c", "t3"); !errors.Is(err, errDown) {
 		t.Fatalf("BeginWork: %v, want the store's error", err)
 	}
 	if n := count("begin_work", "error"); n != 1 {
 		t.Errorf("%d begin_work error timed, want 1", n)
 	}
-	us.mu.Lock()
-	us.beginErr, us.commitErr = nil, errDown
-	us.mu.Unlock()
+	us.FailBeginWork(nil)
+	us.FailCommit(errDown)
 	w, err = ws.BeginWork(ctx, "c", "t3")
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +150,7 @@ func TestBeginWorkAndCommitAreTimed(t *testing.T) {
 func TestWrappedWorkStoreCommitsTheHandlersUnit(t *testing.T) {
 	mem := memstore.New()
 	defer mem.Close()
-	us := &unitStore{Store: mem}
+	us := worktest.New(mem)
 	var (
 		mu   sync.Mutex
 		runs int
@@ -256,7 +160,7 @@ func TestWrappedWorkStoreCommitsTheHandlersUnit(t *testing.T) {
 		runs++
 		mu.Unlock()
 		key := r.Header.Get("Idempotency-Key")
-		if !stage(r.Context(), "pay-"+key) {
+		if !worktest.Stage(r.Context(), "pay-"+key) {
 			http.Error(w, "no unit of work in the handler's context", http.StatusTeapot)
 			return
 		}
@@ -268,7 +172,8 @@ func TestWrappedWorkStoreCommitsTheHandlersUnit(t *testing.T) {
 	if s := post(t, srv.URL+"/p", "k1", "x"); s != http.StatusCreated {
 		t.Fatalf("replay status %d, want 201", s)
 	}
-	rows, completes, commits, rollbacks := us.counts()
+	got := us.Counts()
+	rows, completes, commits, rollbacks := got.Rows, got.Completes, got.Commits, got.Rollbacks
 	if len(rows) != 1 || rows[0] != "pay-k1" {
 		t.Fatalf("ledger %q, want the one row the handler staged", rows)
 	}
@@ -319,7 +224,9 @@ func TestKeysInFlightAfterWorkEnds(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			mem := memstore.New()
 			defer mem.Close()
-			us := &unitStore{Store: mem, commitErr: c.commitErr, beginErr: c.beginErr}
+			us := worktest.New(mem)
+			us.FailCommit(c.commitErr)
+			us.FailBeginWork(c.beginErr)
 			started, release := make(chan struct{}, 1), make(chan struct{})
 			reg, _, srv := setup(t, us, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				started <- struct{}{}
@@ -356,7 +263,8 @@ func TestKeysInFlightAfterWorkEnds(t *testing.T) {
 			if n := histogramCount(t, reg, "idem_store_call_duration_seconds", map[string]string{"operation": "rollback", "result": "ok"}); n != uint64(c.rollbacks) {
 				t.Errorf("%d rollbacks timed, want %d", n, c.rollbacks)
 			}
-			_, completes, commits, rollbacks := us.counts()
+			got := us.Counts()
+			completes, commits, rollbacks := got.Completes, got.Commits, got.Rollbacks
 			if commits != c.commits || rollbacks != c.rollbacks || completes != 0 {
 				t.Errorf("commits %d, rollbacks %d, Store.Completes %d; want %d, %d, 0", commits, rollbacks, completes, c.commits, c.rollbacks)
 			}
