@@ -15,7 +15,10 @@ import (
 // that returns an error fails the statement with it before it reaches the
 // database, as a driver reports what the server answered; a hook may also
 // block, to hold a statement where the test wants it. It counts the
-// statements the Store runs, those the hook failed included.
+// statements the Store runs (each Exec and Query, not the preparing),
+// those the hook failed included; with no hook it only counts. Forcing
+// every statement through a prepared one changes no count: a driver that
+// could run a statement directly would run it once either way.
 type faultConnector struct {
 	driver.Connector
 	mu    sync.Mutex

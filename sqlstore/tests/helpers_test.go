@@ -6,10 +6,8 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"encoding/hex"
-	"errors"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -183,45 +181,7 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
-// countingConnector opens connections that count the statements they run:
-// every Exec and Query, whether sent directly or through a prepared
-// statement.
-type countingConnector struct {
-	driver.Connector
-	stmts atomic.Int64
-}
-
-// openCounting opens dsn through a countingConnector.
-func (b backend) openCounting(t testing.TB, dsn string) (*sql.DB, *countingConnector) {
-	t.Helper()
-	plain, err := sql.Open(b.driver, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	drv := plain.Driver()
-	plain.Close()
-	var inner driver.Connector
-	if dc, ok := drv.(driver.DriverContext); ok {
-		if inner, err = dc.OpenConnector(dsn); err != nil {
-			t.Fatal(err)
-		}
-	} else {
-		inner = dsnConnector{drv: drv, dsn: dsn}
-	}
-	c := &countingConnector{Connector: inner}
-	db := sql.OpenDB(c)
-	t.Cleanup(func() { db.Close() })
-	return db, c
-}
-
-func (c *countingConnector) Connect(ctx context.Context) (driver.Conn, error) {
-	conn, err := c.Connector.Connect(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &countingConn{Conn: conn, n: &c.stmts}, nil
-}
-
+// dsnConnector is the connector of a driver that has none of its own.
 type dsnConnector struct {
 	drv driver.Driver
 	dsn string
@@ -229,105 +189,3 @@ type dsnConnector struct {
 
 func (c dsnConnector) Connect(context.Context) (driver.Conn, error) { return c.drv.Open(c.dsn) }
 func (c dsnConnector) Driver() driver.Driver                        { return c.drv }
-
-type countingConn struct {
-	driver.Conn
-	n *atomic.Int64
-}
-
-func (c *countingConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	q, ok := c.Conn.(driver.QueryerContext)
-	if !ok {
-		return nil, driver.ErrSkip
-	}
-	rows, err := q.QueryContext(ctx, query, args)
-	if err != driver.ErrSkip { // ErrSkip: database/sql prepares it instead
-		c.n.Add(1)
-	}
-	return rows, err
-}
-
-func (c *countingConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	e, ok := c.Conn.(driver.ExecerContext)
-	if !ok {
-		return nil, driver.ErrSkip
-	}
-	res, err := e.ExecContext(ctx, query, args)
-	if err != driver.ErrSkip {
-		c.n.Add(1)
-	}
-	return res, err
-}
-
-func (c *countingConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	var (
-		st  driver.Stmt
-		err error
-	)
-	if p, ok := c.Conn.(driver.ConnPrepareContext); ok {
-		st, err = p.PrepareContext(ctx, query)
-	} else {
-		st, err = c.Conn.Prepare(query)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &countingStmt{Stmt: st, n: c.n}, nil
-}
-
-func (c *countingConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	if b, ok := c.Conn.(driver.ConnBeginTx); ok {
-		return b.BeginTx(ctx, opts)
-	}
-	//lint:ignore SA1019 the fallback for drivers without BeginTx
-	return c.Conn.Begin()
-}
-
-func (c *countingConn) CheckNamedValue(v *driver.NamedValue) error {
-	if ch, ok := c.Conn.(driver.NamedValueChecker); ok {
-		return ch.CheckNamedValue(v)
-	}
-	return driver.ErrSkip
-}
-
-func (c *countingConn) ResetSession(ctx context.Context) error {
-	if r, ok := c.Conn.(driver.SessionResetter); ok {
-		return r.ResetSession(ctx)
-	}
-	return nil
-}
-
-func (c *countingConn) IsValid() bool {
-	if v, ok := c.Conn.(driver.Validator); ok {
-		return v.IsValid()
-	}
-	return true
-}
-
-func (c *countingConn) Ping(ctx context.Context) error {
-	if p, ok := c.Conn.(driver.Pinger); ok {
-		return p.Ping(ctx)
-	}
-	return nil
-}
-
-type countingStmt struct {
-	driver.Stmt
-	n *atomic.Int64
-}
-
-func (s *countingStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
-	s.n.Add(1)
-	if e, ok := s.Stmt.(driver.StmtExecContext); ok {
-		return e.ExecContext(ctx, args)
-	}
-	return nil, errors.New("countingStmt: the driver's statement lacks ExecContext")
-}
-
-func (s *countingStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
-	s.n.Add(1)
-	if q, ok := s.Stmt.(driver.StmtQueryContext); ok {
-		return q.QueryContext(ctx, args)
-	}
-	return nil, errors.New("countingStmt: the driver's statement lacks QueryContext")
-}

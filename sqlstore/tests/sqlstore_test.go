@@ -118,7 +118,7 @@ func TestStatementCount(t *testing.T) {
 			claimFree = 2
 		}
 		dsn := b.dsn(t)
-		db, counter := b.openCounting(t, dsn)
+		db, counter := b.openFaulty(t, dsn) // no hook: it only counts
 		tbl := table(t, db)
 		s := newStore(t, db, b.dialect, tbl, sqlstore.WithSweepInterval(0))
 		ctx := testCtx(t)
