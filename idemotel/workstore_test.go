@@ -56,38 +56,11 @@ func (r *rig) spansNamed(name string) []sdktrace.ReadOnlySpan {
 // The wrapper implements the optional interfaces of the store it wraps,
 // no more and no fewer: a wrapped transactional store stays transactional.
 func TestWrapperKeepsExactlyTheStoresOptionalInterfaces(t *testing.T) {
-	mem := memstore.New()
-	defer mem.Close()
 	in, err := idemotel.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct {
-		name             string
-		store            idem.Store
-		inspector, works bool
-	}{
-		{"neither", failingStore{}, false, false},
-		{"Inspector", mem, true, false},
-		{"WorkStore", worktest.New(mem), false, true},
-		{"both", worktest.Inspecting{Store: worktest.New(mem), Inspector: mem}, true, true},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			// The fakes are what they claim to be.
-			_, ins := c.store.(idem.Inspector)
-			_, ws := c.store.(idem.WorkStore)
-			if ins != c.inspector || ws != c.works {
-				t.Fatalf("the store: Inspector %v, WorkStore %v; the case wants %v, %v", ins, ws, c.inspector, c.works)
-			}
-			wrapped := in.Store(c.store)
-			if _, ok := wrapped.(idem.Inspector); ok != c.inspector {
-				t.Errorf("the wrapper is an Inspector: %v, want %v", ok, c.inspector)
-			}
-			if _, ok := wrapped.(idem.WorkStore); ok != c.works {
-				t.Errorf("the wrapper is a WorkStore: %v, want %v", ok, c.works)
-			}
-		})
-	}
+	worktest.CheckWrapperKeepsOptionalInterfaces(t, in.Store)
 }
 
 // Through the middleware, a wrapped WorkStore runs the handler inside its

@@ -11,9 +11,11 @@ package worktest
 import (
 	"context"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/idemgo/idem"
+	"github.com/idemgo/idem/memstore"
 )
 
 // Store is an idem.WorkStore over the idem.Store it embeds. It embeds an
@@ -154,4 +156,41 @@ func Stage(ctx context.Context, row string) bool {
 type Inspecting struct {
 	*Store
 	idem.Inspector
+}
+
+// CheckWrapperKeepsOptionalInterfaces checks that wrap, which wraps a
+// store (for metrics or tracing, say), gives back a store with the
+// optional interfaces of the one it wraps, no more and no fewer: a wrapped
+// transactional store stays transactional, and a plain one does not
+// become an Inspector.
+func CheckWrapperKeepsOptionalInterfaces(t *testing.T, wrap func(idem.Store) idem.Store) {
+	t.Helper()
+	mem := memstore.New()
+	t.Cleanup(func() { mem.Close() })
+	for _, c := range []struct {
+		name             string
+		store            idem.Store
+		inspector, works bool
+	}{
+		{"neither", struct{ idem.Store }{mem}, false, false},
+		{"Inspector", mem, true, false},
+		{"WorkStore", New(mem), false, true},
+		{"both", Inspecting{Store: New(mem), Inspector: mem}, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// The fakes are what they claim to be.
+			_, ins := c.store.(idem.Inspector)
+			_, ws := c.store.(idem.WorkStore)
+			if ins != c.inspector || ws != c.works {
+				t.Fatalf("the store: Inspector %v, WorkStore %v; the case wants %v, %v", ins, ws, c.inspector, c.works)
+			}
+			wrapped := wrap(c.store)
+			if _, ok := wrapped.(idem.Inspector); ok != c.inspector {
+				t.Errorf("the wrapper is an Inspector: %v, want %v", ok, c.inspector)
+			}
+			if _, ok := wrapped.(idem.WorkStore); ok != c.works {
+				t.Errorf("the wrapper is a WorkStore: %v, want %v", ok, c.works)
+			}
+		})
+	}
 }
