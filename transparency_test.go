@@ -600,3 +600,38 @@ func TestDeclaredTrailerNeverSetIsNotReplayed(t *testing.T) {
 		}
 	}
 }
+
+// How the record tells the handler's headers from the outer middleware's:
+// values that extend the outer ones are replayed after the outer values of
+// the replay; values that replace them are replayed as they are. A handler
+// that replaced an outer value with several values gets exactly those
+// back, and a header the outer middleware left present but empty cannot
+// tell an Add from a Set, so the handler's values are replayed as they
+// are.
+func TestReplayOfReplacedAndEmptyOuterHeaders(t *testing.T) {
+	st := memstore.New()
+	defer st.Close()
+	var n atomic.Int64
+	outer := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			i := n.Add(1)
+			w.Header().Set("X-Tag", "outer-"+strconv.FormatInt(i, 10))
+			if i == 1 {
+				w.Header()["X-Empty"] = []string{}
+			} else {
+				w.Header().Set("X-Empty", "late")
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["X-Tag"] = []string{"b", "c"}
+		w.Header().Add("X-Empty", "mine")
+		w.WriteHeader(http.StatusCreated)
+	})
+	srv := outer(idem.New(st)(h))
+	want := http.Header{"X-Tag": {"b", "c"}, "X-Empty": {"mine"}}
+	checkHeader(t, "first answer", do(srv, "POST", "/", "k", "").Result().Header, want)
+	want["Idempotent-Replayed"] = []string{"true"}
+	checkHeader(t, "replay", do(srv, "POST", "/", "k", "").Result().Header, want)
+}
