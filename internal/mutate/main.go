@@ -246,6 +246,9 @@ func mainErr(c config) error {
 	}
 	fmt.Printf("mutants %d: killed %d (timed out %d), lived %d, equivalent %d, not covered %d, not viable %d; efficacy %.1f%% of covered mutants\n",
 		len(mutants), killed, counts["timed out"], counts["lived"], counts["equivalent"], counts["not covered"], counts["not viable"], efficacy)
+	if n := counts["error"]; n > 0 {
+		return fmt.Errorf("%d mutants could not be judged (see the progress lines marked error)", n)
+	}
 	return nil
 }
 
