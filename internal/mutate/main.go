@@ -472,8 +472,7 @@ func readEquivalents(path string, out map[string]bool) error {
 	if err != nil {
 		return err
 	}
-	last := ""
-	reasons := map[string]bool{} // entries of this file -> reason given
+	last, reasoned := "", true // the entry read last, and whether it has a reason
 	for i, line := range strings.Split(string(b), "\n") {
 		switch {
 		case strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#"):
@@ -481,17 +480,17 @@ func readEquivalents(path string, out map[string]bool) error {
 			if last == "" {
 				return fmt.Errorf("%s:%d: a reason before any mutant", path, i+1)
 			}
-			reasons[last] = true
+			reasoned = true
 		default:
-			last = strings.TrimSpace(line)
+			if !reasoned {
+				return fmt.Errorf("%s: no reason given for %s", path, last)
+			}
+			last, reasoned = strings.TrimSpace(line), false
 			out[last] = true
-			reasons[last] = reasons[last] || false
 		}
 	}
-	for k, ok := range reasons {
-		if !ok {
-			return fmt.Errorf("%s: no reason given for %s", path, k)
-		}
+	if !reasoned {
+		return fmt.Errorf("%s: no reason given for %s", path, last)
 	}
 	return nil
 }
